@@ -110,7 +110,7 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
     for i in range(0, x.shape[0], batch_size):
         idx = perm[i : i + batch_size]
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        loss = nn.functional.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

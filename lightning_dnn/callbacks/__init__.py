@@ -1,0 +1,7 @@
+"""Lightning callbacks for the chapter's craft; each works with any LightningModule, under DDP, and resumes."""
+
+from lightning_dnn.callbacks.grad_clip import GradientClipping
+from lightning_dnn.callbacks.learning_curves import LearningCurves, plot_learning_curves
+from lightning_dnn.callbacks.max_norm import MaxNorm
+
+__all__ = ["GradientClipping", "LearningCurves", "MaxNorm", "plot_learning_curves"]

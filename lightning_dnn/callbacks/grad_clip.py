@@ -1,0 +1,316 @@
+"""Gradient clipping by value and/or norm, per layer group, as a Lightning callback."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_dnn._checks import check_number
+from lightning_dnn._selection import Patterns, compile_patterns, select_parameters
+
+__all__ = ["GradientClipping"]
+
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
+
+
+def _check_bool(arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_norm_type(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == math.inf:
+        return math.inf
+    if isinstance(value, int | float) and not isinstance(value, bool) and not math.isfinite(value):
+        raise ValueError(f"`norm_type` must be > 0 or math.inf, got {value!r}")
+    return check_number("norm_type", value, low=0.0, low_inclusive=False)
+
+
+def _norms(grads: Sequence[Tensor], norm_type: float) -> list[Tensor]:
+    """Per-tensor ``norm_type``-norms: one foreach kernel per (device, dtype) group, no host synchronisation."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault((g.device, g.dtype), []).append(i)
+    norms: list[Tensor] = [grads[0]] * len(grads)
+    for indices in groups.values():
+        for i, n in zip(indices, torch._foreach_norm([grads[i] for i in indices], norm_type), strict=True):
+            norms[i] = n
+    return norms
+
+
+def _total(norms: Sequence[Tensor], norm_type: float) -> Tensor:
+    """Combine per-tensor norms into the norm of the concatenation (as ``clip_grad_norm_`` does)."""
+    device = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
+
+
+def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor) -> None:
+    """``grads[i] *= coefs[i]`` (or ``*= coefs`` for one shared coefficient), foreach per (device, dtype) group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault((g.device, g.dtype), []).append(i)
+    for (device, _), indices in groups.items():
+        if isinstance(coefs, Tensor):
+            torch._foreach_mul_([grads[i] for i in indices], coefs.to(device))
+        else:
+            torch._foreach_mul_([grads[i] for i in indices], [coefs[i].to(device) for i in indices])
+
+
+class GradientClipping(Callback):
+    """Clip gradients by value and/or norm, optionally only those of some layers, after AMP unscaling.
+
+    Runs in ``on_before_optimizer_step``, which Lightning calls after the closure (forward and backward) and,
+    under 16-bit AMP, after ``GradScaler.unscale_`` (pytorch-lightning 2.6, ``plugins/precision/amp.py``,
+    ``MixedPrecision.optimizer_step``: "``unscale`` happens after the closure is executed, but before the
+    ``on_before_optimizer_step`` hook"), so thresholds apply to true gradients. Under DDP the gradients are
+    already all-reduced there, so every rank clips (and skips) identically. With gradient accumulation the hook
+    runs once per optimizer step, on the accumulated gradients.
+
+    For each stepping optimizer, the selected parameters it holds that have a gradient are processed in order:
+
+    1. The pre-clip ``norm_type``-norm over all of them is computed (one foreach kernel per device and dtype).
+    2. Non-finite gradients (``skip_nonfinite=True``): when that norm is NaN or inf, every gradient of the
+       optimizer is set to ``None``, so torch optimizers skip the whole step (no update, no weight decay, no
+       momentum or Adam moment update for any parameter; LR schedulers and ``global_step`` still advance). A
+       warning is emitted the first time; the count is kept in ``skipped_steps``, logged and checkpointed. This
+       check costs one host synchronisation per step. Under 16-bit AMP the grad scaler already skips such steps
+       (and they are routine while it calibrates its scale), so the check is left to it and costs nothing.
+       A finite gradient whose norm overflows the dtype also counts as non-finite, as in
+       ``clip_grad_norm_(error_if_nonfinite=True)``.
+    3. By norm (``norm``): globally, like ``torch.nn.utils.clip_grad_norm_(selected, norm, norm_type)``: every
+       gradient is multiplied by ``min(1, norm / (total + 1e-6))``; or, with ``per_parameter=True``, each
+       gradient by ``min(1, norm / (‖g‖ + 1e-6))``.
+    4. By value (``value``): each element is clamped to ``[-value, value]``, like
+       ``torch.nn.utils.clip_grad_value_``. With both, the norm is clipped first (Keras' order for ``clipnorm``
+       and ``clipvalue``).
+
+    The pre-clip norm is logged with ``pl_module.log`` as ``grad_norm`` (``grad_norm/<pattern>`` with a pattern)
+    and the skip count as ``skipped_steps`` (``skipped_steps/<pattern>``), on logging steps only
+    (``Trainer(log_every_n_steps=...)``), so logging adds no host synchronisation on the other steps.
+
+    Lightning's ``Trainer(gradient_clip_val=...)`` clips all parameters of an optimizer with one value; this
+    callback replaces it and refuses to run together with it.
+
+    Args:
+        value: Clip each gradient element to ``[-value, value]``; ``> 0`` or ``None``.
+        norm: Clip the gradient norm to this value; ``> 0`` or ``None``. At least one of ``value`` and ``norm``
+            is required.
+        norm_type: The p of the p-norm, ``> 0`` or ``math.inf``; used for clipping and for the logged norm.
+        pattern: Clip only the parameters of modules selected by the DESIGN.md §4 selection rule (regex or list
+            of regexes, ``re.fullmatch`` on dotted module names or their suffixes, e.g. ``"hidden[12]"``); the
+            global norm is then taken over those parameters only and the other gradients are left untouched.
+            ``None`` selects every parameter.
+        per_parameter: With ``norm``, clip each parameter's gradient norm separately instead of the global norm.
+        log_norm: Log the pre-clip norm (and ``skipped_steps``).
+        skip_nonfinite: Skip optimizer steps whose selected gradients are not finite (see above). ``False``
+            saves the host synchronisation and lets non-finite gradients reach the optimizer.
+
+    Raises:
+        ValueError: for non-positive thresholds, neither ``value`` nor ``norm``, ``per_parameter`` without
+            ``norm``; at fit start when used with ``Trainer(gradient_clip_val=...)``, when ``pattern`` selects
+            nothing (the message lists the modules) or the strategy shards parameters.
+        TypeError: for arguments of the wrong type.
+
+    Example:
+        >>> import pytorch_lightning as pl, torch
+        >>> from torch import nn
+        >>> class Regressor(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.hidden = nn.Linear(4, 8)
+        ...         self.out = nn.Linear(8, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return nn.functional.mse_loss(self.out(self.hidden(x).relu()), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> _ = torch.manual_seed(0)
+        >>> data = torch.utils.data.TensorDataset(torch.randn(16, 4), 100 * torch.randn(16, 1))
+        >>> clip = GradientClipping(norm=1.0, pattern="hidden")
+        >>> trainer = pl.Trainer(max_steps=2, callbacks=[clip], logger=False, log_every_n_steps=1,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(Regressor(), torch.utils.data.DataLoader(data, batch_size=8))
+        >>> bool(trainer.callback_metrics["grad_norm/hidden"] > 1.0), clip.skipped_steps
+        (True, 0)
+    """
+
+    def __init__(
+        self,
+        *,
+        value: float | None = None,
+        norm: float | None = None,
+        norm_type: float = 2.0,
+        pattern: Patterns | None = None,
+        per_parameter: bool = False,
+        log_norm: bool = True,
+        skip_nonfinite: bool = True,
+    ) -> None:
+        super().__init__()
+        if value is None and norm is None:
+            raise ValueError("GradientClipping needs `value` and/or `norm`, got neither (both are None).")
+        self.value = None if value is None else check_number("value", value, low=0.0, low_inclusive=False)
+        self.norm = None if norm is None else check_number("norm", norm, low=0.0, low_inclusive=False)
+        self.norm_type = _check_norm_type(norm_type)
+        self.per_parameter = _check_bool("per_parameter", per_parameter)
+        if self.per_parameter and self.norm is None:
+            raise ValueError("`per_parameter=True` clips norms, so it needs `norm`; got `norm=None`.")
+        self.log_norm = _check_bool("log_norm", log_norm)
+        self.skip_nonfinite = _check_bool("skip_nonfinite", skip_nonfinite)
+        self._patterns = None if pattern is None else compile_patterns("pattern", pattern)
+        self.pattern = pattern
+        suffix = "" if self._patterns is None else "/" + "|".join(p.pattern for p in self._patterns)
+        self._norm_key = f"grad_norm{suffix}"
+        self._skipped_key = f"skipped_steps{suffix}"
+        self._skipped_steps = 0
+        self._warned = False
+        self._selected: set[int] | None = None
+        self._per_optimizer: dict[int, tuple[tuple[int, ...], list[nn.Parameter]]] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        pattern = None if self._patterns is None else [p.pattern for p in self._patterns]
+        return self._generate_state_key(
+            value=self.value,
+            norm=self.norm,
+            norm_type=self.norm_type,
+            pattern=pattern,
+            per_parameter=self.per_parameter,
+        )
+
+    @property
+    def skipped_steps(self) -> int:
+        """Number of optimizer steps skipped for non-finite gradients, including those before a resume."""
+        return self._skipped_steps
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self._skipped_steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        clip_val = trainer.gradient_clip_val
+        if clip_val is not None and clip_val > 0:
+            raise ValueError(
+                f"GradientClipping cannot run together with Trainer(gradient_clip_val={clip_val}): both would clip "
+                "the same gradients. Remove one of them: drop `gradient_clip_val` from the Trainer, or remove the "
+                "GradientClipping callback."
+            )
+        strategy = type(trainer.strategy)
+        if any(cls.__name__ in _SHARDED_STRATEGIES for cls in strategy.__mro__):
+            raise ValueError(
+                f"GradientClipping needs whole gradients on every rank, but the strategy {strategy.__name__} "
+                "shards them; use DDP (strategy='ddp') or a single device."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # resolved here, after `configure_model`, so layers created there are found
+        if self._patterns is None:
+            self._selected = None
+        else:
+            self._selected = {id(p) for _, p in select_parameters(pl_module, self._patterns, arg="pattern")}
+        self._per_optimizer = {}
+        self._warned = False
+
+    def _owned(self, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+        """The selected parameters held by ``optimizer``, cached until its param groups change size."""
+        signature = tuple(len(group["params"]) for group in optimizer.param_groups)
+        cached = self._per_optimizer.get(id(optimizer))
+        if cached is None or cached[0] != signature:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if self._selected is not None:
+                params = [p for p in params if id(p) in self._selected]
+            unique = list({id(p): p for p in params}.values())
+            cached = (signature, unique)
+            self._per_optimizer[id(optimizer)] = cached
+        return cached[1]
+
+    @staticmethod
+    def _is_logging_step(trainer: pl.Trainer) -> bool:
+        every = int(getattr(trainer, "log_every_n_steps", 0))  # set by the Trainer's logger connector
+        return every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        params = [p for p in self._owned(optimizer) if p.grad is not None]
+        grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+        if not grads:
+            return
+        for p, g in zip(params, grads, strict=True):
+            if g.is_sparse:
+                name = next((n for n, q in pl_module.named_parameters() if q is p), "?")
+                raise TypeError(
+                    f"GradientClipping does not support sparse gradients (parameter {name!r}); "
+                    "leave its module out of `pattern`."
+                )
+        check_finite = self.skip_nonfinite and getattr(trainer.precision_plugin, "scaler", None) is None
+        logging_step = self.log_norm and self._is_logging_step(trainer)
+
+        norms: list[Tensor] | None = None
+        total: Tensor | None = None
+        if self.norm is not None or check_finite or logging_step:
+            norms = _norms(grads, self.norm_type)
+            total = _total(norms, self.norm_type)
+        if logging_step and total is not None:
+            pl_module.log(self._norm_key, total, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
+
+        if check_finite and total is not None and not bool(torch.isfinite(total)):  # the one host sync
+            self._skip(trainer, optimizer, total)
+        else:
+            if self.norm is not None and norms is not None and total is not None:
+                if self.per_parameter:
+                    coefs = torch._foreach_add(norms, _EPS)
+                    torch._foreach_reciprocal_(coefs)
+                    torch._foreach_mul_(coefs, self.norm)
+                    torch._foreach_clamp_max_(coefs, 1.0)
+                    _scale_(grads, coefs)
+                else:
+                    _scale_(grads, torch.clamp(self.norm / (total + _EPS), max=1.0))
+            if self.value is not None:
+                torch._foreach_clamp_min_(grads, -self.value)
+                torch._foreach_clamp_max_(grads, self.value)
+
+        if logging_step and check_finite:
+            count = float(self._skipped_steps)
+            pl_module.log(
+                self._skipped_key, count, on_step=True, on_epoch=False, logger=bool(trainer.loggers)
+            )
+
+    def _skip(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, total: Tensor) -> None:
+        self._skipped_steps += 1
+        if not self._warned:
+            self._warned = True
+            rank_zero_warn(
+                f"GradientClipping: non-finite gradients at global step {trainer.global_step} (the "
+                f"{self.norm_type}-norm of the selected gradients is {total.item()}); skipping this optimizer "
+                "step (all its gradients are set to None). Later skips are counted in `skipped_steps` "
+                "without a warning."
+            )
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # parameter ids and optimizer caches belong to one fit; they are rebuilt at the next fit start
+        state = self.__dict__.copy()
+        state.update(_selected=None, _per_optimizer={})
+        return state
