@@ -1,7 +1,16 @@
 """Lightning callbacks for the chapter's craft; each works with any LightningModule, under DDP, and resumes."""
 
+from lightning_dnn.callbacks.early_stopping import EarlyStopping
+from lightning_dnn.callbacks.freezing import LayerFreezer
 from lightning_dnn.callbacks.grad_clip import GradientClipping
 from lightning_dnn.callbacks.learning_curves import LearningCurves, plot_learning_curves
 from lightning_dnn.callbacks.max_norm import MaxNorm
 
-__all__ = ["GradientClipping", "LearningCurves", "MaxNorm", "plot_learning_curves"]
+__all__ = [
+    "EarlyStopping",
+    "GradientClipping",
+    "LayerFreezer",
+    "LearningCurves",
+    "MaxNorm",
+    "plot_learning_curves",
+]

@@ -90,7 +90,9 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         classes: labels to keep, relabelled to ``0..k-1`` in this order (``[5, 6, 7, 8, 9]`` -> ``0..4``).
         samples_per_class: keep this many training samples of each class (seeded).
         val_split: validation set size, a fraction in ``[0, 1)`` of the training split or a sample count;
-            0 means no validation set (``val_dataloader`` returns no loader).
+            0 means no validation set (``val_dataloader`` returns no loader); ``"test"`` validates on the test
+            split without holding anything out (monitoring only, as the TF1 notebook does; don't select models
+            on it).
         scaling: ``"unit"`` maps the source's value range (e.g. 0..255) to ``[0, 1]``; ``"standardize"``
             subtracts the per-feature (per-pixel) mean and divides by the per-feature standard deviation of the
             training split (features with zero deviation are divided by 1, as scikit-learn's StandardScaler
@@ -129,7 +131,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         eval_batch_size: int | None = None,
         classes: Sequence[int] | None = None,
         samples_per_class: int | None = None,
-        val_split: int | float = 0.0,
+        val_split: int | float | str = 0.0,
         scaling: Scaling | None = "unit",
         flatten: bool = True,
         augment: AugmentSpec | None = None,
@@ -302,8 +304,14 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
 
     @override
     def val_dataloader(self) -> DeviceBatchLoader | DataLoader[Any] | list[Any]:
-        """Validation batches in a fixed order, or ``[]`` (no validation) when ``val_split`` is 0."""
+        """Validation batches in a fixed order, or ``[]`` (no validation) when ``val_split`` is 0.
+
+        With ``val_split="test"`` the validation loop runs on the test split (monitoring only, as the TF1 notebook
+        prints test accuracy after every epoch); nothing is held out of training.
+        """
         self._require("train")
+        if self.val_split == "test":
+            return self._loader("test", train=False)
         if self._splits is None or "val" not in self._splits:
             return []
         return self._loader("val", train=False)
@@ -346,10 +354,12 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return out
 
     @staticmethod
-    def _check_val_split(val_split: int | float) -> int | float:
+    def _check_val_split(val_split: int | float | str) -> int | float | str:
+        if val_split == "test":
+            return "test"
         if isinstance(val_split, bool) or not isinstance(val_split, numbers.Real):
             raise TypeError(
-                f"`val_split` must be a fraction in [0, 1) or a sample count, got "
+                f"`val_split` must be a fraction in [0, 1), a sample count or 'test', got "
                 f"{type(val_split).__name__} {val_split!r}"
             )
         if isinstance(val_split, numbers.Integral):
@@ -363,6 +373,8 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return value
 
     def _val_count(self, total: int) -> int:
+        if self.val_split == "test":
+            return 0
         count = round(self.val_split * total) if isinstance(self.val_split, float) else self.val_split
         if count >= total:
             raise ValueError(

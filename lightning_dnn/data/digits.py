@@ -53,7 +53,7 @@ class DigitsDataModule(ClassificationDataModule):
         eval_batch_size: int | None = None,
         classes: Sequence[int] | None = None,
         samples_per_class: int | None = None,
-        val_split: int | float = 0.0,
+        val_split: int | float | str = 0.0,
         scaling: Scaling | None = "unit",
         flatten: bool = True,
         augment: AugmentSpec | None = None,

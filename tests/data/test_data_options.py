@@ -134,6 +134,16 @@ def test_val_split_out_of_range(bad, error, match):
         DigitsDataModule(val_split=bad)
 
 
+def test_val_split_test_validates_on_the_test_split_and_holds_nothing_out():
+    x_train, y_train, x_test, y_test = tagged(n_train=200)
+    dm = ArrayDataModule(x_train, y_train, x_test, y_test, val_split="test")
+    dm.setup()
+    assert len(tags(dm, "train")[0]) == 200
+    val_x = torch.cat([b[0] for b in dm.val_dataloader()])
+    test_x = torch.cat([b[0] for b in dm.test_dataloader()])
+    assert torch.equal(val_x, test_x)
+
+
 def test_val_split_count_too_large():
     dm = DigitsDataModule(val_split=1438, classes=None)
     with pytest.raises(ValueError, match="leaves no training samples: the training split has 1438 samples"):

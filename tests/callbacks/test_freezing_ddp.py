@@ -1,0 +1,101 @@
+"""LayerFreezer and EarlyStopping under a real 2-process CPU DDP run (gloo on loopback).
+
+DDP all-reduces only the parameters that required grad when it wrapped the model; hidden2/hidden3 are frozen then
+and unfrozen later. The replicas must stay bit-identical and match a single-process run with the same global
+batch, epoch by epoch, and EarlyStopping(store="disk") must restore the same best epoch on every rank.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "_freezing_ddp_script.py"
+REPO = HERE.parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_"))
+        and k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
+    }
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("_freezing_ddp_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_unfreezing_under_ddp_keeps_replicas_identical_and_equal_to_one_process(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "2"],
+        env=ddp_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    script = load_script()
+    script.run(tmp_path, devices=1)
+    initial = script.Net().state_dict()
+
+    rank0, rank1, single = (
+        torch.load(tmp_path / name, weights_only=False)
+        for name in ("devices2-rank0.pt", "devices2-rank1.pt", "devices1-rank0.pt")
+    )
+    assert (rank0["world_size"], rank1["world_size"], single["world_size"]) == (2, 2, 1)
+    groups = [None, "unfrozen-epoch1", "unfrozen-epoch2"]
+    assert rank0["groups"] == rank1["groups"] == single["groups"] == groups
+    assert len(rank0["epochs"]) == len(single["epochs"]) == 3
+
+    for epoch, (a, b, ref) in enumerate(zip(rank0["epochs"], rank1["epochs"], single["epochs"], strict=True)):
+        for key in ref:
+            assert torch.equal(a[key], b[key]), f"replicas differ at epoch {epoch}: {key}"
+            torch.testing.assert_close(a[key], ref[key], rtol=0, atol=1e-6, msg=f"epoch {epoch}: {key}")
+
+    # hidden1 (and its batch-norm statistics) never moves; hidden3 trains from epoch 1, hidden2 from epoch 2.
+    for state in (*single["epochs"], *rank0["epochs"], rank0["final"], rank1["final"]):
+        for key in initial:
+            if key.startswith("net.hidden1."):
+                assert torch.equal(state[key], initial[key]), key
+    e0, e1, e2 = single["epochs"]
+    assert torch.equal(e0["net.hidden3.0.weight"], initial["net.hidden3.0.weight"])
+    assert not torch.equal(e0["net.hidden3.0.weight"], e1["net.hidden3.0.weight"])
+    assert torch.equal(e1["net.hidden2.0.weight"], e0["net.hidden2.0.weight"])
+    assert not torch.equal(e1["net.hidden2.0.weight"], e2["net.hidden2.0.weight"])
+
+    # EarlyStopping restored epoch 1 (the best score) on both ranks, from the file rank 0 wrote.
+    for result in (rank0, rank1, single):
+        for key, value in result["epochs"][1].items():
+            assert torch.equal(result["final"][key], value), key
