@@ -1,0 +1,93 @@
+"""The ``lightning-dnn`` command: LightningCLI for training (``fit|validate|test|predict --config FILE``).
+
+Configs follow LightningCLI's conventions (YAML, ``--print_config``, ``class_path``/``init_args`` for the network,
+the data module, optimizers and callbacks); ready-made ones are in ``examples/configs/``. On top of plain
+LightningCLI, every run gets Lightning's rich progress bar, CSV and (when installed) TensorBoard metrics in the same
+version folder, and a learning-curve PNG (``learning_curves.png`` next to ``metrics.csv``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from typing_extensions import override
+
+from lightning_dnn.callbacks.learning_curves import LearningCurves
+from lightning_dnn.module import DNNClassifier
+
+__all__ = ["DNNCLI", "default_loggers", "main"]
+
+
+def default_loggers(save_dir: str) -> list[Logger]:
+    """CSV metrics, plus TensorBoard event files in the same ``lightning_logs/version_N`` folder when available.
+
+    Example:
+        >>> import tempfile
+        >>> [type(lg).__name__ for lg in default_loggers(tempfile.mkdtemp())][0]
+        'CSVLogger'
+    """
+    csv = CSVLogger(save_dir=save_dir, name="lightning_logs")
+    loggers: list[Logger] = [csv]
+    if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None:
+        loggers.append(TensorBoardLogger(save_dir=save_dir, name="lightning_logs", version=csv.version))
+    return loggers
+
+
+def _progress_bar() -> pl.Callback:
+    return RichProgressBar() if importlib.util.find_spec("rich") is not None else TQDMProgressBar()
+
+
+class DNNCLI(LightningCLI):
+    """LightningCLI over :class:`~lightning_dnn.DNNClassifier` and any LightningDataModule (by class path).
+
+    Adds default loggers (CSV + TensorBoard) when the config leaves ``trainer.logger`` at its default, a rich
+    progress bar and :class:`~lightning_dnn.callbacks.LearningCurves`.
+
+    Example:
+        >>> cli = DNNCLI(args=["--print_config"], run=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            DNNClassifier,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            args=list(args) if args is not None else None,
+            run=run,
+            **kwargs,
+        )
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = default_loggers(config.get("default_root_dir") or ".")
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, pl.callbacks.ProgressBar) for c in callbacks
+        ):
+            callbacks.append(_progress_bar())
+        if not any(isinstance(c, LearningCurves) for c in callbacks):
+            callbacks.append(LearningCurves())
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lightning-dnn`` console script.
+
+    ``lightning-dnn fit --config examples/configs/tf1_notebook.yaml`` trains; ``fit|validate|test|predict`` follow
+    LightningCLI.
+    """
+    DNNCLI(args=None if argv is None else list(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
