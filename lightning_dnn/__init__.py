@@ -1,7 +1,23 @@
 """lightning-dnn: the craft of training deep networks as PyTorch Lightning parts, plus a Hub-hosted model zoo."""
 
+from lightning_dnn.callbacks import EarlyStopping, GradientClipping, LayerFreezer, LearningCurves, MaxNorm
+from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP, get_activation, variance_scaling_
+from lightning_dnn.optim import FTRL, build_optimizer
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "__version__", "get_activation", "variance_scaling_"]
+__all__ = [
+    "FTRL",
+    "MLP",
+    "DNNClassifier",
+    "EarlyStopping",
+    "GradientClipping",
+    "LayerFreezer",
+    "LearningCurves",
+    "MaxNorm",
+    "__version__",
+    "build_optimizer",
+    "get_activation",
+    "variance_scaling_",
+]
