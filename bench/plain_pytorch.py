@@ -26,7 +26,7 @@ def read_idx(path: str) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         raw = f.read()
-    _zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    _zero, _dtype, ndim = struct.unpack(">HBB", raw[:4])
     dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
