@@ -373,7 +373,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return value
 
     def _val_count(self, total: int) -> int:
-        if self.val_split == "test":
+        if isinstance(self.val_split, str):  # "test": validate on the test split, hold nothing out
             return 0
         count = round(self.val_split * total) if isinstance(self.val_split, float) else self.val_split
         if count >= total:

@@ -1,6 +1,7 @@
 """Plain-torch building blocks: variance-scaling init, activations by name and the MLP (no Lightning here)."""
 
 from lightning_dnn.nn.activations import ActivationLike, available_activations, get_activation
+from lightning_dnn.nn.convnet import ConvNet
 from lightning_dnn.nn.init import (
     TRUNCATED_NORMAL_STD_FACTOR,
     Distribution,
@@ -18,6 +19,7 @@ from lightning_dnn.nn.mlp import MLP, tf_decay_to_torch_momentum
 
 __all__ = [
     "MLP",
+    "ConvNet",
     "TRUNCATED_NORMAL_STD_FACTOR",
     "ActivationLike",
     "Distribution",
