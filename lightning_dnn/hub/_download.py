@@ -1,0 +1,287 @@
+"""Fetch a lightning-dnn folder from the Hub through huggingface_hub, verify it, and explain failures.
+
+Everything goes through ``hf_hub_download``: its cache (``HF_HUB_CACHE``/``cache_dir``), ``HF_ENDPOINT`` or
+``endpoint=``, ``HF_HUB_OFFLINE``, and tokens. ``config.json`` is fetched first at the requested revision (which
+writes the branch/tag -> commit ref into the cache); the other files are fetched at the commit it resolved to, so
+one load never mixes files of two commits. huggingface_hub downloads into a process-unique ``*.incomplete`` file
+and renames it into the cache only when complete (a failed transfer deletes it), so a later load never finds a
+partial file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+
+from lightning_dnn.hub._distributed import rank_zero_first
+from lightning_dnn.hub._io import (
+    CONFIG_NAME,
+    LIBRARY_NAME,
+    WEIGHTS_NAME,
+    find_pickle_files,
+    sha256_file,
+    unsafe_weights_message,
+)
+from lightning_dnn.hub.errors import ChecksumMismatchError, HubDownloadError, UnsafeWeightsError
+
+log = logging.getLogger(__name__)
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def fetch_repo_folder(
+    repo_id: str,
+    revision: str | None,
+    *,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    sha256: Mapping[str, str] | None = None,
+) -> Path:
+    """Fetch config.json, model.safetensors and every file in ``sha256`` (verified); return the snapshot folder.
+
+    Under torch.distributed, rank 0 fetches first and the other ranks then read the cache
+    (see :mod:`lightning_dnn.hub._distributed`).
+    """
+    what = f"{repo_id!r} at revision {revision or 'main'!r}"
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+
+    def fetch(local_only: bool) -> Path:
+        return _fetch(
+            repo_id,
+            revision,
+            endpoint=endpoint,
+            token=token,
+            cache_dir=cache,
+            local_files_only=local_files_only or local_only,
+            sha256=sha256,
+        )
+
+    return rank_zero_first(fetch, what)
+
+
+# (real path, inode, size, mtime_ns) -> sha256: a file already hashed in this process is not read again.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
+def verify_sha256(path: Path, expected: str) -> str | None:
+    """The actual sha256 of ``path`` when it differs from ``expected``, else ``None``."""
+    real = path.resolve()
+    stat = real.stat()
+    key = (str(real), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    actual = _HASHED.get(key)
+    if actual is None:
+        actual = sha256_file(real)
+        if len(_HASHED) > 4096:
+            _HASHED.clear()
+        _HASHED[key] = actual
+    return actual if actual != expected.lower() else None
+
+
+def _fetch(
+    repo_id: str,
+    revision: str | None,
+    *,
+    endpoint: str | None,
+    token: str | bool | None,
+    cache_dir: str | None,
+    local_files_only: bool,
+    sha256: Mapping[str, str] | None,
+) -> Path:
+    download = partial(
+        _download, endpoint=endpoint, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+    )
+    config_path = download(repo_id, CONFIG_NAME, revision)
+    commit = _commit_of(config_path)
+    paths = {CONFIG_NAME: config_path}
+    names = [WEIGHTS_NAME] + [n for n in (sha256 or {}) if n not in (CONFIG_NAME, WEIGHTS_NAME)]
+    for name in names:
+        paths[name] = download(repo_id, name, commit or revision)
+    for name, expected in (sha256 or {}).items():
+        actual = verify_sha256(paths[name], expected)
+        if actual is not None:
+            removed = _remove_cached(paths[name])
+            raise ChecksumMismatchError(
+                f"sha256 mismatch for {name!r} from Hub repo {repo_id!r} at revision {revision or 'main'!r} "
+                f"(endpoint {_endpoint(endpoint)}): the zoo index pins {expected}, the downloaded file has {actual}. "
+                f"The file was removed from the cache ({', '.join(removed)}); the repo no longer holds the pinned "
+                "file, or the download was tampered with.",
+                repo_id=repo_id,
+                filename=name,
+                revision=revision,
+                endpoint=_endpoint(endpoint),
+                cached=False,
+            )
+    return config_path.parent
+
+
+def _download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    *,
+    endpoint: str | None,
+    token: str | bool | None,
+    cache_dir: str | None,
+    local_files_only: bool,
+) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+
+    import lightning_dnn
+
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                endpoint=endpoint,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                library_name=LIBRARY_NAME,
+                library_version=lightning_dnn.__version__,
+            )
+        )
+    except HFValidationError as err:
+        raise ValueError(f"Invalid Hub repo id or revision ({repo_id!r}, {revision!r}): {err}") from None
+    except Exception as err:
+        if not isinstance(err, _download_errors()):
+            raise
+        if filename in (CONFIG_NAME, WEIGHTS_NAME):
+            _refuse_pickle_only_repo(
+                repo_id, revision, endpoint=endpoint, token=token, offline=local_files_only
+            )
+        raise _download_error(
+            err, repo_id, filename, revision, endpoint=endpoint, cache_dir=cache_dir
+        ) from err
+
+
+def _refuse_pickle_only_repo(
+    repo_id: str, revision: str | None, *, endpoint: str | None, token: str | bool | None, offline: bool
+) -> None:
+    """Raise UnsafeWeightsError when the repo offers weights only as pickle files (best effort, online only)."""
+    from huggingface_hub import HfApi, constants
+
+    if offline or constants.HF_HUB_OFFLINE:
+        return
+    try:
+        files = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=revision)
+    except Exception as err:
+        if not isinstance(err, _download_errors()):
+            raise
+        return  # the original error explains the failure better
+    pickles = find_pickle_files(files)
+    if pickles and WEIGHTS_NAME not in files:
+        raise UnsafeWeightsError(
+            unsafe_weights_message(f"Hub repo {repo_id!r} at revision {revision or 'main'!r}", pickles),
+            pickles,
+        )
+
+
+def _download_error(
+    err: BaseException,
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    *,
+    endpoint: str | None,
+    cache_dir: str | None,
+) -> HubDownloadError:
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(err, RevisionNotFoundError):
+        reason = "the revision does not exist in the repo"
+    elif isinstance(err, RepositoryNotFoundError):
+        reason = (
+            "the repo, revision or file was not found, or access was denied (a private or gated repo needs "
+            "token=... or `hf auth login`)"
+        )
+    elif isinstance(err, LocalEntryNotFoundError) or isinstance(err, OfflineModeIsEnabled):
+        reason = (
+            "the file is not in the local cache and the Hub was not contacted (offline mode) or unreachable"
+        )
+    elif isinstance(err, EntryNotFoundError):
+        reason = "the file does not exist in the repo at that revision"
+    else:
+        reason = "the Hub could not be reached or the transfer failed"
+    try:
+        cached_path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    except Exception:  # a malformed cache must not hide the download error
+        cached_path = None
+    cached = isinstance(cached_path, str)
+    cache = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    if cached:
+        cache_note = f"A cached copy exists ({cached_path}); pass local_files_only=True or set HF_HUB_OFFLINE=1 to use it."
+    else:
+        cache_note = f"No cached copy exists in {cache} (load once while online to use it offline)."
+    offline = " HF_HUB_OFFLINE is set." if constants.HF_HUB_OFFLINE else ""
+    message = (
+        f"Could not fetch {filename!r} from Hub repo {repo_id!r} at revision {revision or 'main'!r} "
+        f"(endpoint {_endpoint(endpoint)}): {reason}.{offline} {cache_note}\n"
+        f"Cause: {type(err).__name__}: {_first_line(err)}"
+    )
+    return HubDownloadError(
+        message,
+        repo_id=repo_id,
+        filename=filename,
+        revision=revision,
+        endpoint=_endpoint(endpoint),
+        cached=cached,
+    )
+
+
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "this download failed" across huggingface_hub versions."""
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    classes: list[type[BaseException]] = [HfHubHTTPError, EntryNotFoundError, OSError]
+    for module, attr in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        classes.append(cls)
+    return tuple(classes)
+
+
+def _commit_of(path: Path) -> str | None:
+    """The commit sha of a file in ``.../snapshots/<commit>/<file>``, if it lies there."""
+    commit = path.parent.name
+    return commit if path.parent.parent.name == "snapshots" and _COMMIT.fullmatch(commit) else None
+
+
+def _remove_cached(path: Path) -> list[str]:
+    """Delete a cached file: the blob the snapshot entry links to, and the entry itself."""
+    removed = []
+    blob = path.resolve()
+    for item in {blob, path.absolute()}:
+        if item.is_symlink() or item.exists():
+            item.unlink()
+            removed.append(str(item))
+    return sorted(removed)
+
+
+def _endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return endpoint or constants.ENDPOINT
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -1,0 +1,116 @@
+"""The errors raised by :mod:`lightning_dnn.hub`, so callers can catch each failure by its kind.
+
+* :class:`StrictLoadError` (a ``RuntimeError``, like torch's strict ``load_state_dict``): a strict load found
+  missing, unexpected or shape-mismatched tensors; nothing was copied; ``.report`` has the full lists.
+* :class:`UnsafeWeightsError` (a ``ValueError``): a folder or repo offers weights only as pickle files
+  (``pytorch_model.bin``, ``*.pt``, ``*.pkl``, ``*.ckpt``), which we never unpickle.
+* :class:`HubDownloadError` (an ``OSError``): a file could not be fetched from the Hub; the message names the repo,
+  file, revision and endpoint and says whether a cached copy exists.
+* :class:`ChecksumMismatchError` (a :class:`HubDownloadError`): a downloaded file does not have the sha256 the zoo
+  index pins; the bad file was removed from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_dnn.hub.partial import LoadReport
+
+__all__ = ["ChecksumMismatchError", "HubDownloadError", "StrictLoadError", "UnsafeWeightsError"]
+
+
+class StrictLoadError(RuntimeError):
+    """A strict load found problems; the target network was left untouched.
+
+    Args:
+        message: the full explanation (every problematic name is listed).
+        report: the :class:`~lightning_dnn.hub.partial.LoadReport` computed before anything was copied (an empty
+            one when not given).
+
+    Example:
+        >>> from lightning_dnn.hub.partial import LoadReport
+        >>> err = StrictLoadError("1 missing: output.linear.bias", LoadReport(missing=["output.linear.bias"]))
+        >>> err.report.missing
+        ['output.linear.bias']
+    """
+
+    def __init__(self, message: str, report: LoadReport | None = None) -> None:
+        # `report` has a default so the exception pickles (BaseException re-creates it from `args` only).
+        super().__init__(message)
+        if report is None:
+            from lightning_dnn.hub.partial import LoadReport
+
+            report = LoadReport()
+        self.report = report
+
+
+class UnsafeWeightsError(ValueError):
+    """Weights are only available as pickle files, which can run arbitrary code when loaded.
+
+    Args:
+        message: the explanation, naming the files found.
+        files: the pickle file names that were refused.
+
+    Example:
+        >>> UnsafeWeightsError("refused", ["pytorch_model.bin"]).files
+        ['pytorch_model.bin']
+    """
+
+    def __init__(self, message: str, files: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.files = list(files or [])
+
+
+class HubDownloadError(OSError):
+    """A file could not be fetched from the Hub (or read from its cache).
+
+    Args:
+        message: the full explanation.
+        repo_id: the repository, e.g. ``"org/name"``.
+        filename: the file in the repository.
+        revision: the branch, tag or commit asked for.
+        endpoint: the Hub endpoint used.
+        cached: whether the cache holds a copy of the file for that revision (``None`` when unknown).
+
+    Example:
+        >>> err = HubDownloadError("no network", repo_id="org/m", filename="config.json", cached=False)
+        >>> (err.repo_id, err.filename, err.cached)
+        ('org/m', 'config.json', False)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str | None = None,
+        filename: str | None = None,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        cached: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.filename = filename
+        self.revision = revision
+        self.endpoint = endpoint
+        self.cached = cached
+
+    # `filename` is also OSError's own attribute, which would make OSError format "[Errno None] None: ..."
+    # and pickle errno-style arguments; keep our message and our fields explicit.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {**self.__dict__, "filename": self.filename}
+        return (type(self), (str(self),), state)
+
+
+class ChecksumMismatchError(HubDownloadError):
+    """A downloaded file's sha256 differs from the one pinned by the zoo index; the file was deleted.
+
+    Example:
+        >>> err = ChecksumMismatchError("sha256 mismatch", repo_id="org/m", filename="model.safetensors")
+        >>> isinstance(err, HubDownloadError)
+        True
+    """

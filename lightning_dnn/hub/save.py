@@ -1,0 +1,162 @@
+"""Save a network as a Hugging Face Hub model folder: config.json, model.safetensors and a README.md card.
+
+``config.json`` records what rebuilds the network and what it was trained for::
+
+    {"library": "lightning-dnn", "library_version": "0.1.0", "architecture": "MLP",
+     "config": {"in_features": 784, "hidden": [300, 100], ...},
+     "metadata": {"dataset": "fashion_mnist", "classes": [...], "metrics": {"test_accuracy": 0.89}}}
+
+``architecture`` names a class in :mod:`lightning_dnn.hub.architectures`; ``config`` is that class's
+``net.config`` (its JSON-able constructor arguments). The weights are the ``state_dict`` in safetensors (never
+pickle). The folder is written atomically (see :func:`save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lightning_dnn.hub._card import check_card, render_model_card
+from lightning_dnn.hub._io import (
+    CARD_NAME,
+    CONFIG_NAME,
+    LIBRARY_NAME,
+    WEIGHTS_NAME,
+    tensors_for_saving,
+    write_folder_atomically,
+    write_safetensors,
+    write_text,
+)
+from lightning_dnn.hub.architectures import architecture_of
+
+__all__ = ["save_pretrained"]
+
+
+def save_pretrained(
+    net: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    card: str | Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``net`` to ``directory`` as a Hub-format folder that :func:`~lightning_dnn.hub.load_pretrained` reads.
+
+    The three files are written into a fresh folder next to ``directory`` and then moved in: a missing or empty
+    ``directory`` is replaced in one rename; in an existing one, ``config.json`` is removed first and moved in
+    last, so an interrupted save never leaves a folder that loads with mixed files. Other files already in
+    ``directory`` (a recipe, say) are kept.
+
+    Args:
+        net: a network of a registered architecture (see
+            :func:`~lightning_dnn.hub.register_architecture`); for a ``DNNClassifier`` pass ``model.net``.
+        directory: the folder to write (created if needed).
+        card: the model card: ``None`` to generate it, a mapping with any of ``title``, ``description``,
+            ``license`` (default ``metadata["license"]`` or ``"apache-2.0"``), ``datasets``, ``tags`` and
+            ``repo_id`` (used in the card's loading snippet) to adjust the generated one, or a full README text
+            (front matter is generated when it does not start with ``---``).
+        metadata: JSON-able facts stored in ``config.json`` and shown in the card. Known keys: ``dataset``
+            (str), ``classes`` (list of class names), ``metrics`` (name -> number), ``license`` (str).
+
+    Returns:
+        the folder's path.
+
+    Raises:
+        TypeError: if ``net`` is not a registered architecture, its config or ``metadata`` is not JSON-able, or
+            an argument has the wrong type.
+        ValueError: for invalid ``metadata``/``card`` values (unknown card keys, non-finite metrics).
+        NotADirectoryError: if ``directory`` is an existing file.
+
+    Example:
+        >>> import tempfile, json, torch
+        >>> from lightning_dnn.nn import MLP
+        >>> net = MLP(8, (6, 4), 3)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     folder = save_pretrained(net, f"{tmp}/mlp", metadata={"dataset": "digits", "metrics": {"acc": 0.9}})
+        ...     print(sorted(p.name for p in folder.iterdir()))
+        ...     print(json.loads((folder / "config.json").read_text())["architecture"])
+        ['README.md', 'config.json', 'model.safetensors']
+        MLP
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"`net` must be an nn.Module, got {type(net).__name__}")
+    if not isinstance(directory, str | os.PathLike):
+        raise TypeError(f"`directory` must be a path, got {type(directory).__name__} {directory!r}")
+    card = check_card(card)
+    document = build_config_document(net, metadata)
+    text = _dumps(document, "the network's config and `metadata`")
+    readme = render_model_card(document, card)
+    tensors = tensors_for_saving(net)
+    return write_folder_atomically(
+        Path(directory),
+        {
+            WEIGHTS_NAME: partial(write_safetensors, tensors),
+            CARD_NAME: partial(write_text, readme),
+            CONFIG_NAME: partial(write_text, text),
+        },
+    )
+
+
+def build_config_document(net: nn.Module, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``config.json`` content for ``net`` (see the module docstring).
+
+    Example:
+        >>> from lightning_dnn.nn import MLP
+        >>> doc = build_config_document(MLP(4, 3, 2), {"dataset": "digits"})
+        >>> doc["library"], doc["architecture"], doc["config"]["hidden"], doc["metadata"]
+        ('lightning-dnn', 'MLP', [3], {'dataset': 'digits'})
+    """
+    import lightning_dnn  # at call time: the package's __init__ may import this module
+
+    spec = architecture_of(net)
+    return {
+        "library": LIBRARY_NAME,
+        "library_version": lightning_dnn.__version__,
+        "architecture": spec.name,
+        "config": spec.config_of(net),
+        "metadata": _check_metadata(metadata),
+    }
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise TypeError(f"`metadata` must be a mapping with string keys, got {metadata!r}")
+    out = dict(metadata)
+    for key in ("dataset", "license"):
+        if key in out and not isinstance(out[key], str):
+            raise TypeError(
+                f"`metadata[{key!r}]` must be a string, got {type(out[key]).__name__} {out[key]!r}"
+            )
+    if "classes" in out:
+        classes = out["classes"]
+        if isinstance(classes, str) or not isinstance(classes, list | tuple):
+            raise TypeError(f"`metadata['classes']` must be a list of class names, got {classes!r}")
+        out["classes"] = list(classes)
+    if "metrics" in out:
+        metrics = out["metrics"]
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"`metadata['metrics']` must be a mapping name -> number, got {metrics!r}")
+        clean: dict[str, float | int] = {}
+        for name, value in metrics.items():
+            if hasattr(value, "item") and callable(value.item):  # a 0-d tensor or numpy scalar
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"`metadata['metrics'][{name!r}]` must be a finite number, got {value!r}")
+            clean[str(name)] = value
+        out["metrics"] = clean
+    return out
+
+
+def _dumps(document: Mapping[str, Any], what: str) -> str:
+    try:
+        return json.dumps(document, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must be JSON-able (finite numbers, strings, lists, dicts): {err}") from None
