@@ -9,6 +9,7 @@ version folder, and a learning-curve PNG (``learning_curves.png`` next to ``metr
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,9 +85,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-dnn`` console script.
 
     ``lightning-dnn fit --config examples/configs/tf1_notebook.yaml`` trains; ``fit|validate|test|predict`` follow
-    LightningCLI.
+    LightningCLI; ``lightning-dnn zoo list|info|pull|build|publish`` manages the model zoo.
     """
-    DNNCLI(args=None if argv is None else list(argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["zoo"]:
+        from lightning_dnn.hub.zoo_cli import zoo_main
+
+        raise SystemExit(zoo_main(args[1:]))
+    DNNCLI(args=None if argv is None else args)
 
 
 if __name__ == "__main__":  # pragma: no cover

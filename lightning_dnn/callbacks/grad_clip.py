@@ -273,7 +273,9 @@ class GradientClipping(Callback):
         if logging_step and total is not None:
             pl_module.log(self._norm_key, total, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
 
-        if check_finite and total is not None and not bool(torch.isfinite(total)):  # the one host sync
+        # the one host sync, paid only when non-finite steps are skipped
+        total_value = total.item() if check_finite and total is not None else None
+        if total_value is not None and not math.isfinite(total_value):
             self._skip(trainer, optimizer, total)
         else:
             if self.norm is not None and norms is not None and total is not None:
@@ -284,7 +286,10 @@ class GradientClipping(Callback):
                     torch._foreach_clamp_max_(coefs, 1.0)
                     _scale_(grads, coefs)
                 else:
-                    _scale_(grads, torch.clamp(self.norm / (total + _EPS), max=1.0))
+                    coef = torch.clamp(self.norm / (total + _EPS), max=1.0)
+                    # with the total already on the host, skip the no-op multiply by exactly 1.0 (most steps)
+                    if total_value is None or coef.item() < 1.0:
+                        _scale_(grads, coef)
             if self.value is not None:
                 torch._foreach_clamp_min_(grads, -self.value)
                 torch._foreach_clamp_max_(grads, self.value)
