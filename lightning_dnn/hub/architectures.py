@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from lightning_dnn._checks import unknown_name_error
+from lightning_dnn.nn.convnet import ConvNet
 from lightning_dnn.nn.mlp import MLP
 
 __all__ = [
@@ -70,7 +71,10 @@ class ArchitectureSpec:
         return dict(config)
 
 
-_REGISTRY: dict[str, ArchitectureSpec] = {"MLP": ArchitectureSpec("MLP", MLP)}
+_REGISTRY: dict[str, ArchitectureSpec] = {
+    "ConvNet": ArchitectureSpec("ConvNet", ConvNet),
+    "MLP": ArchitectureSpec("MLP", MLP),
+}
 
 
 def register_architecture(name: str, cls: type[nn.Module]) -> ArchitectureSpec:
@@ -124,8 +128,8 @@ def available_architectures() -> tuple[str, ...]:
     """Return the registered architecture names, sorted.
 
     Example:
-        >>> "MLP" in available_architectures()
-        True
+        >>> available_architectures()
+        ('ConvNet', 'MLP')
     """
     return tuple(sorted(_REGISTRY))
 
@@ -143,7 +147,7 @@ def get_architecture(name: str) -> ArchitectureSpec:
         >>> get_architecture("MPL")
         Traceback (most recent call last):
             ...
-        ValueError: Unknown architecture 'MPL'. Did you mean 'MLP'? Valid names: MLP...
+        ValueError: Unknown architecture 'MPL'. Did you mean 'MLP'? Valid names: ConvNet, MLP.
     """
     if not isinstance(name, str):
         raise TypeError(f"`architecture` must be a string, got {type(name).__name__} {name!r}")
