@@ -275,7 +275,7 @@ class GradientClipping(Callback):
 
         # the one host sync, paid only when non-finite steps are skipped
         total_value = total.item() if check_finite and total is not None else None
-        if total_value is not None and not math.isfinite(total_value):
+        if total is not None and total_value is not None and not math.isfinite(total_value):
             self._skip(trainer, optimizer, total)
         else:
             if self.norm is not None and norms is not None and total is not None:
