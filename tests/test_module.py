@@ -514,3 +514,18 @@ def test_ddp_logs_global_values(tmp_path: Path) -> None:
     assert metrics["val_loss"].item() == pytest.approx(F.cross_entropy(logits, Y_VAL).item(), rel=1e-5)
     assert metrics["val_acc"].item() == pytest.approx((logits.argmax(1) == Y_VAL).float().mean().item())
     assert {"train_loss", "train_acc", "train_penalty"} <= set(metrics)
+
+
+def test_train_acc_is_the_exact_accuracy_over_the_epoch(tmp_path):
+    """train_acc is counted on the device in the training step: with a (practically) frozen net it must equal
+    the plain accuracy of that net over every training sample, with a ragged last batch."""
+    torch.manual_seed(0)
+    x, y = torch.randn(203, 5), torch.randint(0, 3, (203,))
+    net = nn.Linear(5, 3)
+    expected = (net(x).argmax(1) == y).float().mean().item()
+    model = DNNClassifier(net, optimizer="sgd", lr=1e-30)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, loader)
+    assert trainer.callback_metrics["train_acc"].item() == pytest.approx(expected, abs=1e-6)
