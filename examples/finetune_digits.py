@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_dnn import DNNClassifier, LayerFreezer
-from lightning_dnn.callbacks.feature_cache import FeatureCache
+from lightning_dnn.callbacks import FeatureCache
 from lightning_dnn.data import DigitsDataModule
 from lightning_dnn.hub import load_pretrained
 from lightning_dnn.nn import MLP

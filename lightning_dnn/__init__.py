@@ -1,6 +1,13 @@
 """lightning-dnn: the craft of training deep networks as PyTorch Lightning parts, plus a Hub-hosted model zoo."""
 
-from lightning_dnn.callbacks import EarlyStopping, GradientClipping, LayerFreezer, LearningCurves, MaxNorm
+from lightning_dnn.callbacks import (
+    EarlyStopping,
+    FeatureCache,
+    GradientClipping,
+    LayerFreezer,
+    LearningCurves,
+    MaxNorm,
+)
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP, get_activation, variance_scaling_
 from lightning_dnn.optim import FTRL, build_optimizer
@@ -12,6 +19,7 @@ __all__ = [
     "MLP",
     "DNNClassifier",
     "EarlyStopping",
+    "FeatureCache",
     "GradientClipping",
     "LayerFreezer",
     "LearningCurves",

@@ -1,6 +1,7 @@
 """Lightning callbacks for the chapter's craft; each works with any LightningModule, under DDP, and resumes."""
 
 from lightning_dnn.callbacks.early_stopping import EarlyStopping
+from lightning_dnn.callbacks.feature_cache import FeatureCache
 from lightning_dnn.callbacks.freezing import LayerFreezer
 from lightning_dnn.callbacks.grad_clip import GradientClipping
 from lightning_dnn.callbacks.learning_curves import LearningCurves, plot_learning_curves
@@ -8,6 +9,7 @@ from lightning_dnn.callbacks.max_norm import MaxNorm
 
 __all__ = [
     "EarlyStopping",
+    "FeatureCache",
     "GradientClipping",
     "LayerFreezer",
     "LearningCurves",

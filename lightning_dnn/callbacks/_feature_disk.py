@@ -1,0 +1,109 @@
+"""Keys and disk layout of :class:`~lightning_dnn.callbacks.FeatureCache`.
+
+* A cache is keyed by two fingerprints: the **model** fingerprint (format, split, trunk plan, precision, views and
+  their seed, and the content hash of the trunk's parameters and buffers) and the **data** fingerprint (the
+  content hash of the data's tensors, or the user's ``data_id``; data known only through an opaque dataset gets a
+  run-local key and is never reused).
+* ``<root>/<split>-<model>-<data>/`` holds an entry (see :class:`FeatureStore`): listing ``<split>-<model>-*``
+  tells whether hashing the data is worth it.
+* ``<root>/plans/<plan key>.json`` remembers the trunk found for a network architecture, boundary request and set
+  of frozen parameters, so a later run that finds its entry on disk needs no forward pass at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_dnn.callbacks._feature_store import FORMAT_VERSION, FeatureStore, tensor_digest
+from lightning_dnn.callbacks._feature_trunk import TrunkPlan, trunk_tensors
+
+__all__ = ["DiskCache", "model_fingerprint", "plan_key"]
+
+_SHOWN = 24  # hex digits of each fingerprint in a directory name
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def plan_key(request: str | None, network_name: str, network: nn.Module) -> str:
+    """Identify a trunk search: the boundary request, the architecture and which parameters are frozen.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> a = plan_key(None, "net", net); net[0].weight.requires_grad_(False)
+        Parameter containing: ...
+        >>> a == plan_key(None, "net", net)
+        False
+    """
+    return _sha(
+        {
+            "request": request,
+            "network": [network_name, type(network).__qualname__],
+            "modules": [[n, type(m).__qualname__] for n, m in network.named_modules()],
+            "params": [[n, list(p.shape), p.requires_grad] for n, p in network.named_parameters()],
+        }
+    )[:32]
+
+
+def model_fingerprint(pl_module: nn.Module, plan: TrunkPlan, **settings: Any) -> str:
+    """The model side of a cache key: ``settings`` (split, precision, views, ...), the plan and the weights."""
+    weights = tensor_digest(trunk_tensors(pl_module, plan))
+    return _sha({"format": FORMAT_VERSION, "plan": plan.to_json(), "weights": weights, **settings})
+
+
+def data_fingerprint(content: str, num_samples: int) -> str:
+    """The data side of a cache key, from a content hash (or ``"id:<data_id>"``)."""
+    return _sha({"content": content, "samples": num_samples})
+
+
+class DiskCache:
+    """The entries and trunk plans under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def entry(self, key: str, model_fp: str, data_fp: str) -> Path:
+        """The directory of the entry for ``key`` (``"train"``, ``"val0"``, ...) and the two fingerprints."""
+        return self.root / f"{key}-{model_fp[:_SHOWN]}-{data_fp[:_SHOWN]}"
+
+    def may_hold(self, key: str, model_fp: str) -> bool:
+        """Whether an entry for these weights exists (before spending a pass over the data on its hash)."""
+        prefix = f"{key}-{model_fp[:_SHOWN]}-"
+        return self.root.is_dir() and any(p.name.startswith(prefix) for p in self.root.iterdir())
+
+    def open(self, key: str, model_fp: str, data_fp: str, device: torch.device) -> FeatureStore | None:
+        """The committed entry with exactly these fingerprints, or ``None``."""
+        store = FeatureStore.open(self.entry(key, model_fp, data_fp), f"{model_fp}:{data_fp}", device)
+        if store is None or store.manifest.get("kind") not in ("tensor", "tuple", "list"):
+            return None
+        return store
+
+    def read_plan(self, key: str, module_names: set[str]) -> tuple[TrunkPlan | None, bool] | None:
+        """A remembered ``(plan, complete)``, if there is one and its modules exist."""
+        try:
+            with open(self.root / "plans" / f"{key}.json", encoding="utf-8") as f:
+                stored = json.load(f)
+            plan = None if stored["plan"] is None else TrunkPlan.from_json(stored["plan"])
+            complete = bool(stored["complete"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if plan is not None and not {*plan.trunk, plan.network} <= module_names:
+            return None
+        return plan, complete
+
+    def write_plan(self, key: str, plan: TrunkPlan, complete: bool) -> None:
+        """Remember a plan (written to a temporary file, then renamed)."""
+        directory = self.root / "plans"
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps({"plan": plan.to_json(), "complete": complete}), encoding="utf-8")
+        os.replace(tmp, directory / f"{key}.json")

@@ -1,0 +1,86 @@
+"""FeatureCache under a real 2-process CPU DDP run (gloo on loopback).
+
+Each sample's features must be computed once in all (rank r builds samples r, r + 2, ..., an all_gather gives
+every rank the full cache, local rank 0 writes it to disk), every rank must serve the indices its shard of each
+epoch's permutation asks for, and the result must equal a single-process live run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "_feature_cache_ddp_script.py"
+REPO = HERE.parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_"))
+        and k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
+    }
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("_feature_cache_ddp_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_builds_each_sample_once_and_equals_a_single_process_live_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "2"],
+        env=ddp_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    script = load_script()
+    script.run(tmp_path, devices=1, cached=False)
+
+    rank0, rank1, live = (
+        torch.load(tmp_path / name, weights_only=False)
+        for name in ("cached-devices2-rank0.pt", "cached-devices2-rank1.pt", "live-devices1-rank0.pt")
+    )
+    assert (rank0["world_size"], rank1["world_size"]) == (2, 2)
+    for name in script.TRUNK:  # the trunk processed every sample once across the two ranks, then never again
+        assert rank0["counts"][name] + rank1["counts"][name] == script.N
+        assert rank0["counts"][name] == rank1["counts"][name] == script.N // 2
+    assert rank0["boundary"] == rank1["boundary"] == "net.hidden2"
+    assert rank0["storage"] == rank1["storage"] == "disk"
+    entries = [p for p in (tmp_path / "fc").iterdir() if (p / "manifest.json").exists()]
+    assert len(entries) == 1  # one entry, written by local rank 0
+    for key, ref in live["state"].items():
+        assert torch.equal(rank0["state"][key], rank1["state"][key]), f"replicas differ: {key}"
+        torch.testing.assert_close(rank0["state"][key], ref, rtol=0, atol=1e-6, msg=key)
