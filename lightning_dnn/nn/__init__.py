@@ -19,9 +19,9 @@ from lightning_dnn.nn.mlp import MLP, tf_decay_to_torch_momentum
 
 __all__ = [
     "MLP",
-    "ConvNet",
     "TRUNCATED_NORMAL_STD_FACTOR",
     "ActivationLike",
+    "ConvNet",
     "Distribution",
     "FanMode",
     "InitScheme",

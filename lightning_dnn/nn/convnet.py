@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
+import torch  # noqa: F401  (used by the doctests)
 from torch import Tensor, nn
 
 from lightning_dnn._checks import check_int, check_number
@@ -134,7 +134,7 @@ class ConvNet(nn.Module):
             torch.Size([3, 4, 14, 14])
         """
         if x.dim() == 2:
-            side = int(round((x.shape[1] / self.in_channels) ** 0.5))
+            side = round((x.shape[1] / self.in_channels) ** 0.5)
             if side * side * self.in_channels != x.shape[1]:
                 raise ValueError(
                     f"`x` must be images [N, {self.in_channels}, H, W] or flat square images, got {tuple(x.shape)}"
