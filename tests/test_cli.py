@@ -1,0 +1,48 @@
+"""The example configs run through the `lightning-dnn` CLI code path, with its defaults (loggers, learning curves)."""
+
+from pathlib import Path
+
+import pytest
+
+from lightning_dnn.cli import DNNCLI, ThrottledRichProgressBar, main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_there_are_the_four_configs():
+    assert {p.stem for p in CONFIGS} == {"tf1_notebook", "chapter_defaults", "sparse_ftrl", "fast_leaky"}
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_example_config_fits_and_writes_metrics_and_curves(config, tmp_path):
+    cli = DNNCLI(
+        args=[
+            "--config", str(config),
+            "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3",
+            "--trainer.limit_val_batches", "2",
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false",
+        ],
+        run=False,
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    version = tmp_path / "lightning_logs" / "version_0"
+    header = (version / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train_loss" in header and "train_acc" in header
+    assert (version / "learning_curves.png").stat().st_size > 1000
+    assert any(version.glob("events.out.tfevents.*"))  # TensorBoard next to the CSV
+
+
+def test_progress_bar_throttle_validates():
+    with pytest.raises(ValueError, match="`updates_per_second` must be > 0"):
+        ThrottledRichProgressBar(updates_per_second=0)
+
+
+def test_bad_config_key_is_reported(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  net:\n    class_path: lightning_dnn.nn.MLP\n    init_args: {in_features: 4}\n  lr: -1\n")
+    with pytest.raises((SystemExit, ValueError)):
+        main(["fit", "--config", str(bad)])
