@@ -375,7 +375,14 @@ def test_ddp_ranks_agree_on_skipping(tiny_loader, trainer_kwargs, tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(RankNanModule(), tiny_loader())
+        try:
+            trainer.fit(RankNanModule(), tiny_loader())
+        except torch.multiprocessing.ProcessExitedException as err:
+            # Rarely a spawned worker aborts in gloo's thread teardown at interpreter exit ("terminate called
+            # without an active exception"), after training and the report are done. That is not what this
+            # test is about; anything earlier (no report written) still fails it.
+            if err.signal_name != "SIGABRT" or not report.exists():
+                raise
     result = torch.load(report)
     gathered = result["gathered"]
     assert gathered.shape[0] == 2
