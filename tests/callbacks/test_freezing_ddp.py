@@ -7,52 +7,17 @@ batch, epoch by epoch, and EarlyStopping(store="disk") must restore the same bes
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from tests.ddp_utils import ddp_env, load_script
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_freezing_ddp_script.py"
-REPO = HERE.parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ddp_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_"))
-        and k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE")
-    }
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    )
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
-    return env
-
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("_freezing_ddp_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -66,7 +31,7 @@ def test_unfreezing_under_ddp_keeps_replicas_identical_and_equal_to_one_process(
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    script = load_script()
+    script = load_script(SCRIPT)
     script.run(tmp_path, devices=1)
     initial = script.Net().state_dict()
 
