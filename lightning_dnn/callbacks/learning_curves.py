@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +78,15 @@ class LearningCurves(pl.Callback):
     """Record epoch-level ``*_loss`` / ``*_acc`` metrics and plot them to a PNG after every epoch.
 
     The history is part of the checkpoint, so a resumed run continues the same curve. Only global rank 0 writes.
-    Writing after every epoch (not only at the end) means a crash mid-training still leaves the curve so far.
+    The PNG is rewritten at the end of an epoch when ``min_interval`` seconds have passed since the last write
+    (plotting costs ~0.1-0.3 s, as much as a short epoch), at the end of fit and when training crashes, so a
+    crash still leaves the curve so far.
 
     Args:
         filename: the PNG's file name.
         dirpath: where to write it; defaults to the logger's ``log_dir`` or the trainer's ``default_root_dir``.
         metrics: the metric names to record; default: every logged metric ending in ``_loss`` or ``_acc``.
+        min_interval: the least number of seconds between two writes during training (0: every epoch).
 
     Example:
         >>> cb = LearningCurves(filename="curves.png")
@@ -91,15 +95,23 @@ class LearningCurves(pl.Callback):
     """
 
     def __init__(
-        self, filename: str = "learning_curves.png", dirpath: str | None = None, metrics: list[str] | None = None
+        self,
+        filename: str = "learning_curves.png",
+        dirpath: str | None = None,
+        metrics: list[str] | None = None,
+        min_interval: float = 30.0,
     ) -> None:
         if not isinstance(filename, str) or not filename.endswith(".png"):
             raise ValueError(f"`filename` must be a string ending in '.png', got {filename!r}")
         self.filename = filename
         self.dirpath = dirpath
         self.metrics = list(metrics) if metrics is not None else None
+        if not isinstance(min_interval, int | float) or min_interval < 0:
+            raise ValueError(f"`min_interval` must be a number of seconds >= 0, got {min_interval!r}")
+        self.min_interval = float(min_interval)
         self.history: list[dict[str, float]] = []
         self.last_path: Path | None = None
+        self._last_write = -math.inf
 
     def _wanted(self, key: str) -> bool:
         if self.metrics is not None:
@@ -121,7 +133,20 @@ class LearningCurves(pl.Callback):
             if self._wanted(key):
                 row[key.removesuffix("_epoch")] = float(value)
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
-        if trainer.is_global_zero:
+        if time.monotonic() - self._last_write >= self.min_interval:
+            self._write(trainer)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        self._last_write = time.monotonic()
+        if trainer.is_global_zero and self.history:
             try:
                 self.last_path = plot_learning_curves(self.history, self._target(trainer))
             except OSError as err:  # plotting must never kill a training run
