@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -44,3 +45,24 @@ def load_script(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_ranks(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 180) -> list[str]:
+    """Start one process per ``(argv, env)``, wait for all, fail the test if one hangs or exits non-zero."""
+    import pytest
+
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for argv, env in commands
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a rank hung")
+        outputs.append(out)
+    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    return outputs

@@ -6,9 +6,6 @@ downloads.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,36 +13,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.ddp_utils import ddp_env, run_ranks
 from tests.hub.conftest import HubServer
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_ddp_fetch_script.py"
-REPO = HERE.parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_"))
-        and k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "HF_ENDPOINT", "HF_HUB_OFFLINE")
-    }
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        OMP_NUM_THREADS="1",
-        HF_HOME=str(workdir / "hf-home"),
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    )
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"
+    """The DDP environment plus a private HF_HOME, without any endpoint or offline setting of the caller's."""
+    env = ddp_env()
+    for key in ("HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        env.pop(key, None)
+    env.update(HF_HOME=str(workdir / "hf-home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
     return env
 
 
@@ -53,26 +33,7 @@ def _env(workdir: Path) -> dict[str, str]:
 def test_rank_zero_downloads_first_and_failures_reach_every_rank(olah: HubServer, tmp_path: Path) -> None:
     gets_before = len(olah.server.requests("GET /org/mlp/resolve/"))
     env = _env(tmp_path)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), str(rank), "2", olah.url, str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail("a rank hung")
-        outputs.append(out)
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    run_ranks([([sys.executable, str(SCRIPT), str(rank), "2", olah.url, str(tmp_path)], env) for rank in (0, 1)])
 
     expected = olah.net_a.state_dict()
     for rank in (0, 1):

@@ -8,7 +8,6 @@ freeze them with ``LayerFreezer`` and train a new 5-way head on digits 5-9 (see 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from safetensors.torch import load_file
 
 from lightning_dnn.data import DigitsDataModule
 from lightning_dnn.nn import MLP
+from tests.ddp_utils import REPO, run_ranks
 from tests.hub.conftest import HubServer
-from tests.hub.test_ddp_download import REPO, _env
+from tests.hub.test_ddp_download import _env
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_ddp_finetune_script.py"
@@ -28,26 +28,7 @@ REPO_ID = "ddp-finetune/digits-mlp-classes0-4"
 
 
 def _run_ranks(args: list[str], env: dict[str, str]) -> None:
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
-            env={**env, "LOCAL_RANK": str(rank), "NODE_RANK": "0"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            out, _ = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail("a rank hung")
-        outputs.append(out)
-    assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
+    run_ranks([([sys.executable, str(SCRIPT), *args], {**env, "LOCAL_RANK": str(r), "NODE_RANK": "0"}) for r in (0, 1)])
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
