@@ -180,7 +180,7 @@ class DNNClassifier(pl.LightningModule):
         out: Tensor = self.net(x)
         return out
 
-    def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, int, Tensor]:
+    def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, int, Tensor | None]:
         x, y = _split_batch(batch)
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
@@ -190,12 +190,13 @@ class DNNClassifier(pl.LightningModule):
             correct = (logits.detach().argmax(dim=1) == y).float().mean()
         else:
             self._accuracy[stage].update(logits.detach(), y)
-            correct = loss
+            correct = None
         return loss, int(y.shape[0]), correct
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss, n, correct = self._shared_step(batch, "train")
+        assert correct is not None  # always counted for "train"
         if self.penalty.active:
             penalty = self.penalty(self)
             loss = loss + penalty
