@@ -5,15 +5,23 @@ batches: the framework-free floor. Every variant runs in this one process, inter
 median epoch times and their ratio to the raw loop (issue 3's goal: <= 1.15x on CPU).
 
 Variants:
-  raw          plain PyTorch loop over device-resident tensors (the floor)
+  raw-control  the raw loop against a second copy of itself (the method's noise)
   ours-cli     config 1 through `lightning-dnn fit`'s code path with its defaults (rich progress bar, loggers,
                learning curves, checkpointing)
   ours         DNNClassifier + FashionMNISTDataModule in a plain Trainer (Lightning's default TQDM bar, logger,
                checkpointing)
   ours-quiet   the same with the progress bar, logger and checkpointing off
+  pl-floor     the smallest LightningModule over the same device-resident loader (forward, cross-entropy, SGD;
+               no metrics, no logging), quiet Trainer: what Lightning's own per-step loop costs, which no module
+               can go below
   typical      a typical Lightning setup: DataLoader over a TensorDataset, per-step self.log, progress bar
 
-    python bench/loop_speed.py [--epochs 4] [--repeats 3] [--threads 2] [--device cpu|cuda]
+Method: every timed epoch comes right after one epoch of the raw loop (its own network, in the same process), and
+a variant's ratio is the median of these paired ratios. On a shared machine the speed drifts by +-20% over tens of
+seconds; a pair is measured within a few seconds, so the drift cancels out of its ratio. ``raw-control`` pairs
+the raw loop with a second copy of itself: its spread is the method's own noise.
+
+    python bench/loop_speed.py [--epochs 5] [--repeats 2] [--threads 2] [--variants ...] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -42,25 +50,50 @@ from lightning_dnn.cli import DNNCLI
 from lightning_dnn.data import FashionMNISTDataModule
 
 
-class EpochTimer(pl.Callback):
-    """Wall time of each training epoch (start of the first batch fetch to the end of the last step)."""
+class RawLoop:
+    """The raw loop with its own network, optimizer and shuffling generator, run one timed epoch at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str, xtr: torch.Tensor, ytr: torch.Tensor) -> None:
+        torch.manual_seed(0)
+        self.net = raw.build_net(raw.CONFIG1).to(device)
+        self.opt = raw.make_optimizer(raw.CONFIG1, self.net.parameters())
+        self.gen = torch.Generator().manual_seed(0)
+        self.device, self.xtr, self.ytr = device, xtr, ytr
+
+    def epoch(self) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        raw.train_epoch(self.net, self.opt, self.xtr, self.ytr, raw.CONFIG1.batch_size, self.gen)
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+
+def _sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class EpochTimer(pl.Callback):
+    """Times each training epoch (start of the first batch fetch to the end of the last step), right after one
+    epoch of the raw loop: each variant's epoch has its own baseline, measured seconds before it."""
+
+    def __init__(self, raw_loop: RawLoop) -> None:
+        self.raw_loop = raw_loop
         self.times: list[float] = []
+        self.raw_times: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sync(pl_module)
+        self.raw_times.append(self.raw_loop.epoch())
+        _sync(pl_module.device)
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sync(pl_module)
+        _sync(pl_module.device)
         self.times.append(time.perf_counter() - self._t0)
 
-    @staticmethod
-    def _sync(pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-
+    def pairs(self) -> list[tuple[float, float]]:
+        """``(raw epoch, variant epoch)`` pairs, the first epoch (one-off costs) left out."""
+        return list(zip(self.raw_times[1:], self.times[1:], strict=True))
 
 def config1_net() -> MLP:
     c = raw.CONFIG1
@@ -75,10 +108,13 @@ def trainer(epochs: int, device: str, quiet: bool, root: str, timer: EpochTimer)
     return pl.Trainer(**kwargs)
 
 
-def run_cli(epochs: int, device: str, root: str) -> list[float]:
+def fashion(batch_size: int = raw.CONFIG1.batch_size) -> FashionMNISTDataModule:
+    return FashionMNISTDataModule(raw.FASHION_DIR, download=False, batch_size=batch_size)
+
+
+def run_cli(timer: EpochTimer, epochs: int, device: str, root: str) -> None:
     """Config 1 through the ``lightning-dnn fit`` code path: our CLI defaults (rich progress bar, CSV and
     TensorBoard loggers, learning curves, checkpoints); no validation loop, so only training is timed."""
-    timer = EpochTimer()
     cli = DNNCLI(
         args=[
             "--config", str(Path(__file__).resolve().parents[1] / "examples" / "configs" / "tf1_notebook.yaml"),
@@ -93,15 +129,30 @@ def run_cli(epochs: int, device: str, root: str) -> list[float]:
     )
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return timer.times[1:]
 
 
-def run_ours(epochs: int, device: str, quiet: bool, root: str) -> list[float]:
-    timer = EpochTimer()
-    data = FashionMNISTDataModule(raw.FASHION_DIR, download=False, batch_size=raw.CONFIG1.batch_size)
+def run_ours(timer: EpochTimer, epochs: int, device: str, root: str, quiet: bool) -> None:
     model = DNNClassifier(config1_net(), optimizer="sgd", lr=raw.CONFIG1.lr)
-    trainer(epochs, device, quiet, root, timer).fit(model, datamodule=data)
-    return timer.times[1:]  # the first epoch pays one-off costs (moving data, allocator warm-up)
+    trainer(epochs, device, quiet, root, timer).fit(model, datamodule=fashion())
+
+
+class FloorModule(pl.LightningModule):
+    """The least a LightningModule can do: forward, cross-entropy, SGD. No metrics, no logging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = config1_net()
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD(self.parameters(), lr=raw.CONFIG1.lr)
+
+
+def run_floor(timer: EpochTimer, epochs: int, device: str, root: str) -> None:
+    trainer(epochs, device, True, root, timer).fit(FloorModule(), datamodule=fashion())
 
 
 class TypicalModule(pl.LightningModule):
@@ -123,28 +174,18 @@ class TypicalModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=raw.CONFIG1.lr)
 
 
-def run_typical(epochs: int, device: str, root: str, xtr: torch.Tensor, ytr: torch.Tensor) -> list[float]:
-    timer = EpochTimer()
-    loader = DataLoader(TensorDataset(xtr.cpu(), ytr.cpu()), batch_size=raw.CONFIG1.batch_size, shuffle=True)
+def run_typical(timer: EpochTimer, epochs: int, device: str, root: str) -> None:
+    xtr, ytr = timer.raw_loop.xtr.cpu(), timer.raw_loop.ytr.cpu()
+    loader = DataLoader(TensorDataset(xtr, ytr), batch_size=raw.CONFIG1.batch_size, shuffle=True)
     trainer(epochs, device, False, root, timer).fit(TypicalModule(), loader)
-    return timer.times[1:]
 
 
-def run_raw(epochs: int, device: str, xtr: torch.Tensor, ytr: torch.Tensor) -> list[float]:
-    torch.manual_seed(0)
-    net = raw.build_net(raw.CONFIG1).to(device)
-    opt = raw.make_optimizer(raw.CONFIG1, net.parameters())
-    gen = torch.Generator().manual_seed(0)
-    times = []
+def run_control(timer: EpochTimer, epochs: int) -> None:
+    """The raw loop against itself (a second copy): the ratio measures the method's own noise."""
+    other = RawLoop(timer.raw_loop.device, timer.raw_loop.xtr, timer.raw_loop.ytr)
     for _ in range(epochs):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        raw.train_epoch(net, opt, xtr, ytr, raw.CONFIG1.batch_size, gen)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        timer.raw_times.append(timer.raw_loop.epoch())
+        timer.times.append(other.epoch())
 
 
 def machine(device: str, threads: int) -> str:
@@ -159,40 +200,52 @@ def machine(device: str, threads: int) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {threads} torch threads (torch {torch.__version__})"
 
 
+VARIANTS = ("raw-control", "pl-floor", "ours-cli", "ours", "ours-quiet", "typical")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=4, help="epochs per fit; the first is discarded as warm-up")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5, help="epochs per fit; the first is discarded as warm-up")
+    p.add_argument("--repeats", type=int, default=2, help="fits of each variant, interleaved")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--skip-typical", action="store_true")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     xtr, ytr, _, _ = raw.load_fashion(a.device)
-    results: dict[str, list[float]] = {"raw": [], "ours-cli": [], "ours": [], "ours-quiet": [], "typical": []}
+    pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in a.variants}
     with tempfile.TemporaryDirectory() as root:
         for _ in range(a.repeats):
-            results["raw"] += run_raw(a.epochs, a.device, xtr, ytr)
-            results["ours-cli"] += run_cli(a.epochs, a.device, root)
-            results["raw"] += run_raw(a.epochs, a.device, xtr, ytr)
-            results["ours"] += run_ours(a.epochs, a.device, False, root)
-            results["raw"] += run_raw(a.epochs, a.device, xtr, ytr)
-            results["ours-quiet"] += run_ours(a.epochs, a.device, True, root)
-            if not a.skip_typical:
-                results["typical"] += run_typical(a.epochs, a.device, root, xtr, ytr)
-    floor = statistics.median(results["raw"])
+            for name in a.variants:
+                timer = EpochTimer(RawLoop(a.device, xtr, ytr))
+                if name == "raw-control":
+                    run_control(timer, a.epochs)
+                elif name == "pl-floor":
+                    run_floor(timer, a.epochs, a.device, root)
+                elif name == "ours-cli":
+                    run_cli(timer, a.epochs, a.device, root)
+                elif name == "typical":
+                    run_typical(timer, a.epochs, a.device, root)
+                else:
+                    run_ours(timer, a.epochs, a.device, root, quiet=name == "ours-quiet")
+                pairs[name] += timer.pairs()
+    steps = -(-len(xtr) // raw.CONFIG1.batch_size)
     print(f"\nmachine: {machine(a.device, a.threads)}; load average {os.getloadavg()[0]:.1f}")
-    print(f"config 1 on Fashion-MNIST (60000 samples, batch {raw.CONFIG1.batch_size}), "
-          f"median of {a.repeats} x {a.epochs - 1} epochs\n")
-    print("| variant | epoch (s) | ratio to raw |")
-    print("|---|---|---|")
-    for name, times in results.items():
-        if times:
-            med = statistics.median(times)
-            print(f"| {name} | {med:.3f} | {med / floor:.2f}x |")
+    print(f"config 1 on Fashion-MNIST ({len(xtr)} samples, batch {raw.CONFIG1.batch_size}, {steps} steps), "
+          f"{a.repeats} fits x {a.epochs - 1} timed epochs per variant, each right after a raw-loop epoch\n")
+    print("| variant | raw epoch (s) | variant epoch (s) | ratio: median of pairs | pair ratios (min-max) "
+          "| over raw, per step |")
+    print("|---|---|---|---|---|---|")
+    for name, got in pairs.items():
+        ratios = sorted(t / r for r, t in got)
+        raw_med = statistics.median(r for r, _ in got)
+        var_med = statistics.median(t for _, t in got)
+        ratio = statistics.median(ratios)
+        print(f"| {name} | {raw_med:.3f} | {var_med:.3f} | {ratio:.3f}x | {ratios[0]:.2f}-{ratios[-1]:.2f} "
+              f"| {(ratio - 1) * raw_med / steps * 1e6:+.0f} us |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ version folder, and a learning-curve PNG (``learning_curves.png`` next to ``metr
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from typing_extensions import override
@@ -71,6 +72,21 @@ class ThrottledRichProgressBar(RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+class _DefaultModelCheckpoint(ModelCheckpoint):
+    """The checkpointing a Trainer adds by default (``ModelCheckpoint()``), with its state key computed once.
+
+    Lightning formats every callback's ``state_key`` at every hook call, several times per training step;
+    ModelCheckpoint's formats five attributes each time (~40 us per step on a 2-core CPU). The key is the one a
+    plain ``ModelCheckpoint()`` has, so checkpoints stay interchangeable with a plain Trainer's.
+    """
+
+    @functools.cached_property
+    @override
+    def state_key(self) -> str:  # type: ignore[override]
+        key = str(ModelCheckpoint.state_key.fget(self))  # type: ignore[attr-defined]
+        return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__) :]
+
+
 def _progress_bar() -> pl.Callback:
     if importlib.util.find_spec("rich") is not None:
         return ThrottledRichProgressBar()
@@ -110,6 +126,10 @@ class DNNCLI(LightningCLI):
             callbacks.append(_progress_bar())
         if not any(isinstance(c, LearningCurves) for c in callbacks):
             callbacks.append(LearningCurves())
+        if config.get("enable_checkpointing", True) is not False and not any(
+            isinstance(c, Checkpoint) for c in callbacks
+        ):
+            callbacks.append(_DefaultModelCheckpoint())
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 

@@ -13,6 +13,7 @@ when several nodes share a filesystem), and at the end every rank waits at a bar
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -134,6 +135,12 @@ class EarlyStopping(_LightningEarlyStopping):
         self._write_path: str | None = None  # store="disk": where this run writes
 
     # ----------------------------------------------------------------------------------------------- state --
+    @functools.cached_property
+    @override
+    def state_key(self) -> str:  # type: ignore[override]
+        # computed once: Lightning formats every callback's key at every hook call, several times a step
+        return str(_LightningEarlyStopping.state_key.fget(self))  # type: ignore[attr-defined]
+
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

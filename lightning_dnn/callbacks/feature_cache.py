@@ -245,9 +245,10 @@ class FeatureCache(Callback):
         """
         return self._summary["storage"]
 
-    @property
+    @functools.cached_property
     @override
-    def state_key(self) -> str:
+    def state_key(self) -> str:  # type: ignore[override]
+        # computed once: Lightning formats every callback's key at every hook call, several times a step
         return self._generate_state_key(boundary=self.boundary, views=self.views)
 
     @override

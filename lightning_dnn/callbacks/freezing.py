@@ -31,6 +31,7 @@ as a Lightning callback that works with any LightningModule:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -185,9 +186,10 @@ class LayerFreezer(Callback):
         return inst
 
     # ----------------------------------------------------------------------------------------------- state --
-    @property
+    @functools.cached_property
     @override
-    def state_key(self) -> str:
+    def state_key(self) -> str:  # type: ignore[override]
+        # computed once: Lightning formats every callback's key at every hook call, several times a step
         if self._head is not None:
             freeze = "all but " + "|".join(p.pattern for p in self._head)
         else:

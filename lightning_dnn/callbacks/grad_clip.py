@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -54,13 +55,15 @@ def _total(norms: Sequence[Tensor], norm_type: float) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
 
 
-def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor) -> None:
+def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor | float) -> None:
     """``grads[i] *= coefs[i]`` (or ``*= coefs`` for one shared coefficient), foreach per (device, dtype) group."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault((g.device, g.dtype), []).append(i)
     for (device, _), indices in groups.items():
-        if isinstance(coefs, Tensor):
+        if isinstance(coefs, float):
+            torch._foreach_mul_([grads[i] for i in indices], coefs)
+        elif isinstance(coefs, Tensor):
             torch._foreach_mul_([grads[i] for i in indices], coefs.to(device))
         else:
             torch._foreach_mul_([grads[i] for i in indices], [coefs[i].to(device) for i in indices])
@@ -176,9 +179,10 @@ class GradientClipping(Callback):
         self._selected: set[int] | None = None
         self._per_optimizer: dict[int, tuple[tuple[int, ...], list[nn.Parameter]]] = {}
 
-    @property
+    @functools.cached_property
     @override
-    def state_key(self) -> str:
+    def state_key(self) -> str:  # type: ignore[override]
+        # computed once: Lightning formats every callback's key at every hook call, several times a step
         pattern = None if self._patterns is None else [p.pattern for p in self._patterns]
         return self._generate_state_key(
             value=self.value,
@@ -285,10 +289,13 @@ class GradientClipping(Callback):
                     torch._foreach_mul_(coefs, self.norm)
                     torch._foreach_clamp_max_(coefs, 1.0)
                     _scale_(grads, coefs)
+                elif total_value is None:
+                    _scale_(grads, torch.clamp(self.norm / (total + _EPS), max=1.0))
                 else:
-                    coef = torch.clamp(self.norm / (total + _EPS), max=1.0)
-                    # with the total already on the host, skip the no-op multiply by exactly 1.0 (most steps)
-                    if total_value is None or coef.item() < 1.0:
+                    # the total is already on the host: compute clip_grad_norm_'s coefficient there (in float64,
+                    # no kernels), and skip the no-op multiply by exactly 1.0 that most steps would do
+                    coef = self.norm / (total_value + _EPS)
+                    if coef < 1.0:
                         _scale_(grads, coef)
             if self.value is not None:
                 torch._foreach_clamp_min_(grads, -self.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -153,9 +154,10 @@ class MaxNorm(Callback):
         self._handles: list[RemovableHandle] = []
         self._hooked: list[int] = []
 
-    @property
+    @functools.cached_property
     @override
-    def state_key(self) -> str:
+    def state_key(self) -> str:  # type: ignore[override]
+        # computed once: Lightning formats every callback's key at every hook call, several times a step
         pattern = None if self._patterns is None else [p.pattern for p in self._patterns]
         return self._generate_state_key(max_norm=self.max_norm, pattern=pattern, axis=self.axis)
 
