@@ -16,8 +16,11 @@ row                         what
 ==========================  ========================================================================================
 Lightning live              ``DNNClassifier`` + ``LayerFreezer`` (trunk frozen), trunk computed every step
 Lightning cached            the same + ``FeatureCache()``; epochs after the first (the first holds the build)
-Lightning on features       ``DNNClassifier(head)`` on a ``DeviceBatchLoader`` over precomputed features: the
-                            Lightning floor, so cached / this = what the cache path itself adds per epoch
+Lightning on features       ``DNNClassifier(head)`` on a ``DeviceBatchLoader`` over precomputed features, so
+                            cached / this = what the cache path itself adds per epoch
+Lightning floor             the smallest LightningModule (head forward, cross-entropy, Adam; no metrics) on the
+                            same precomputed features: what Lightning's own per-step loop costs, the least any
+                            cache that keeps one Lightning step per batch can reach
 raw head loop               a plain PyTorch loop training the head on the same feature tensors (``index_select``
                             batches of a seeded permutation): the floor the issue sets the 1.2x goal against
 raw live loop               the plain loop computing the trunk every step (no_grad), as in the issue's anchors
@@ -189,6 +192,21 @@ def lightning(
     return timer
 
 
+class FloorModule(pl.LightningModule):
+    """The least a LightningModule can do per step: forward, cross-entropy, Adam."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.head(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=LR)
+
+
 def features_of(case: Case, device: torch.device) -> Tensor:
     net = case.make_net().to(device).eval()
     with torch.no_grad():
@@ -307,6 +325,12 @@ def run_case(
         loader = DeviceBatchLoader(feats, case.y, batch_size=BATCH)
         add("Lightning on features", lightning(model, loader, [], epochs, device, root).epochs[1:])
 
+    def lightning_floor() -> None:
+        torch.manual_seed(0)
+        model = FloorModule(case.head(case.make_net()))
+        loader = DeviceBatchLoader(feats, case.y, batch_size=BATCH)
+        add("Lightning floor", lightning(model, loader, [], epochs, device, root).epochs[1:])
+
     def raw_head() -> None:
         add("raw head loop", raw_loop(case, feats, live=False, epochs=epochs, device=device))
 
@@ -316,7 +340,7 @@ def run_case(
     def forward() -> None:
         add("raw forward", [raw_forward(case, device)])
 
-    configs = [lightning_live, lightning_cached, lightning_features, raw_head, raw_live, forward]
+    configs = [lightning_live, lightning_cached, lightning_features, lightning_floor, raw_head, raw_live, forward]
     if device.type == "cuda":
         configs.append(
             lambda: add("CUDA-graph head loop", graph_head_loop(case, feats, epochs=epochs, device=device))
@@ -346,6 +370,7 @@ def report(name: str, r: dict[str, list[float]], samples: int) -> list[str]:
         f"| Lightning cached epoch | {med['Lightning cached']:.3f} s | **{med['Lightning live'] / med['Lightning cached']:.1f}x** faster than live |",
         f"| Lightning on precomputed features | {med['Lightning on features']:.3f} s | cached / this = {med['Lightning cached'] / med['Lightning on features']:.2f} (the cache path's own cost) |",
         f"| raw head loop on the cached tensors | {med['raw head loop']:.3f} s | cached / this = **{med['Lightning cached'] / med['raw head loop']:.2f}** (goal <= 1.2) |",
+        f"| smallest LightningModule on precomputed features | {med['Lightning floor']:.3f} s | this / raw head = **{med['Lightning floor'] / med['raw head loop']:.2f}** (Lightning's own per-step cost: no cache with one Lightning step per batch gets below it) |",
         f"| raw live loop (trunk every step) | {med['raw live loop']:.3f} s | raw live / raw head = {med['raw live loop'] / med['raw head loop']:.1f}x |",
         f"| build (first cached epoch, to the first batch) | {med['build']:.3f} s | build / raw forward = **{med['build'] / med['raw forward']:.2f}** (goal <= 1.1) |",
         f"| raw no_grad forward pass of the trunk | {med['raw forward']:.3f} s | |",
