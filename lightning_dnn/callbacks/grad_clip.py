@@ -39,6 +39,9 @@ def _check_norm_type(value: Any) -> float:
 
 def _norms(grads: Sequence[Tensor], norm_type: float) -> list[Tensor]:
     """Per-tensor ``norm_type``-norms: one foreach kernel per (device, dtype) group, no host synchronisation."""
+    first = grads[0]
+    if all(g.device == first.device and g.dtype == first.dtype for g in grads):  # the usual case: one group
+        return list(torch._foreach_norm(grads, norm_type))
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault((g.device, g.dtype), []).append(i)
@@ -52,7 +55,9 @@ def _norms(grads: Sequence[Tensor], norm_type: float) -> list[Tensor]:
 def _total(norms: Sequence[Tensor], norm_type: float) -> Tensor:
     """Combine per-tensor norms into the norm of the concatenation (as ``clip_grad_norm_`` does)."""
     device = norms[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
+    if any(n.device != device for n in norms):
+        norms = [n.to(device) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(list(norms)), norm_type)
 
 
 def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor | float) -> None:

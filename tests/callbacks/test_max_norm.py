@@ -90,8 +90,12 @@ def test_one_step_rows_under_the_limit_biases_and_norm_layers_untouched(
             under = ref.norm(dim=1) <= C
             assert under.any() and (~under).any()
             assert torch.equal(got[name][under], ref[under]), name  # bit for bit
-            torch.testing.assert_close(got[name][~under], clip_slices(ref, C, 0)[~under])
+            torch.testing.assert_close(got[name][~under], clip_slices(ref, C, 0)[~under])  # tf.clip_by_norm
             torch.testing.assert_close(got[name][~under].norm(dim=1), torch.full(((~under).sum(),), C))
+            with torch.no_grad():  # the documented formula exactly: w * C / (||w|| + 1e-7), torch.renorm's
+                row_norms = ref.norm(dim=1, keepdim=True)
+                expected = ref * (C / (row_norms + 1e-7))
+            assert (got[name][~under] - expected[~under]).abs().max() <= 1e-7, name
         else:  # biases, batch-norm weights and biases
             assert torch.equal(got[name], ref), name
 
