@@ -41,7 +41,7 @@ def _norms(grads: Sequence[Tensor], norm_type: float) -> list[Tensor]:
     """Per-tensor ``norm_type``-norms: one foreach kernel per (device, dtype) group, no host synchronisation."""
     first = grads[0]
     if all(g.device == first.device and g.dtype == first.dtype for g in grads):  # the usual case: one group
-        return list(torch._foreach_norm(grads, norm_type))
+        return list(torch._foreach_norm(list(grads), norm_type))
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault((g.device, g.dtype), []).append(i)
