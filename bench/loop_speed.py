@@ -155,12 +155,8 @@ def run_floor(timer: EpochTimer, epochs: int, device: str, root: str) -> None:
     trainer(epochs, device, True, root, timer).fit(FloorModule(), datamodule=fashion())
 
 
-class TypicalModule(pl.LightningModule):
+class TypicalModule(FloorModule):
     """What a typical Lightning tutorial writes: per-step self.log of loss and accuracy."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = config1_net()
 
     def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
@@ -169,9 +165,6 @@ class TypicalModule(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         self.log("train_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
         return loss
-
-    def configure_optimizers(self):  # type: ignore[no-untyped-def]
-        return torch.optim.SGD(self.parameters(), lr=raw.CONFIG1.lr)
 
 
 def run_typical(timer: EpochTimer, epochs: int, device: str, root: str) -> None:
