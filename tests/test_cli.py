@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lightning_dnn.cli import DNNCLI, ThrottledRichProgressBar, main
 
@@ -34,6 +35,32 @@ def test_example_config_fits_and_writes_metrics_and_curves(config, tmp_path):
     assert "train_loss" in header and "train_acc" in header
     assert (version / "learning_curves.png").stat().st_size > 1000
     assert any(version.glob("events.out.tfevents.*"))  # TensorBoard next to the CSV
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], ["_DefaultModelCheckpoint"]),  # the Trainer's default checkpointing, key computed once
+        (["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last=true"], ["ModelCheckpoint"]),
+        (["--trainer.enable_checkpointing=false"], []),
+    ],
+    ids=["default", "configured", "off"],
+)
+def test_checkpoint_callback_defaults(tmp_path, extra, expected):
+    cli = DNNCLI(
+        args=[
+            "--model.net", "lightning_dnn.nn.MLP",
+            "--model.net.in_features", "64", "--model.net.hidden", "[8]", "--model.net.out_features", "10",
+            "--data", "lightning_dnn.data.DigitsDataModule",
+            "--trainer.default_root_dir", str(tmp_path),
+            *extra,
+        ],
+        run=False,
+    )
+    found = [type(c).__name__ for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert found == expected
+    if expected == ["ModelCheckpoint"]:
+        assert cli.trainer.checkpoint_callback.save_last is True  # the configured one, not a second default
 
 
 def test_progress_bar_throttle_validates():

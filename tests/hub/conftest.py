@@ -39,6 +39,8 @@ def make_mlp(seed: int, out_features: int = 4) -> MLP:
     gen = torch.Generator().manual_seed(seed + 100)
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
+            assert module.running_mean is not None and module.running_var is not None
+            assert module.num_batches_tracked is not None
             module.running_mean.copy_(torch.randn(module.num_features, generator=gen))
             module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
             module.weight.data.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
