@@ -20,6 +20,7 @@ from lightning_dnn import DNNClassifier
 from lightning_dnn.callbacks import FeatureCache, GradientClipping, LayerFreezer, MaxNorm
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.nn import MLP
+from tests.trainer_utils import quiet_trainer
 
 DEVICES = [
     pytest.param("cpu"),
@@ -41,13 +42,9 @@ def _model(seed: int = 0, lr: float = 1e-2) -> DNNClassifier:
 
 def _fit(device: str, model: pl.LightningModule, data: Any, callbacks: list[Callback], tmp_path: Path,
          **kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=3, logger=False,
-        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    trainer = pl.Trainer(callbacks=callbacks, **options)
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    options = {"accelerator": accelerator, "max_epochs": 3, "num_sanity_val_steps": 0, **kwargs}
+    trainer = quiet_trainer(tmp_path, callbacks=callbacks, **options)
     trainer.fit(model, datamodule=data)
     return trainer
 

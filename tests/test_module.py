@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
 from lightning_dnn.optim import FTRL
+from tests.trainer_utils import quiet_trainer
 
 IN, CLASSES = 8, 3
 
@@ -53,17 +54,7 @@ def _seq(seed: int = 0) -> nn.Sequential:
 
 
 def _trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "default_root_dir": tmp_path,
-        "accelerator": "cpu",
-        "devices": 1,
-    }
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, **{"max_epochs": 1, **kwargs})
 
 
 class _EpochRecorder(pl.Callback):
@@ -525,8 +516,7 @@ def test_train_acc_is_the_exact_accuracy_over_the_epoch(tmp_path):
     expected = (net(x).argmax(1) == y).float().mean().item()
     model = DNNClassifier(net, optimizer="sgd", lr=1e-30)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = _trainer(tmp_path)
     trainer.fit(model, loader)
     assert trainer.callback_metrics["train_acc"].item() == pytest.approx(expected, abs=1e-6)
 

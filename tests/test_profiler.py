@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.profilers import PassThroughProfiler, SimpleProfiler
 
@@ -12,16 +11,14 @@ from lightning_dnn import DNNClassifier
 from lightning_dnn.cli import DNNCLI
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.profiler import NoOpProfiler
+from tests.trainer_utils import quiet_trainer
 
 
 def _fit(profiler: object, tmp_path: Path) -> DNNClassifier:
     torch.manual_seed(0)
     model = DNNClassifier(torch.nn.Linear(6, 3), num_classes=3, optimizer="adam", lr=0.05)
     data = ArrayDataModule(torch.randn(96, 6), torch.randint(0, 3, (96,)), batch_size=16)
-    pl.Trainer(
-        max_epochs=2, profiler=profiler, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
-    ).fit(model, datamodule=data)
+    quiet_trainer(tmp_path, max_epochs=2, profiler=profiler).fit(model, datamodule=data)
     return model
 
 

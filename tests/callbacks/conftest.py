@@ -23,6 +23,8 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.trainer_utils import quiet_trainer_kwargs
+
 
 def make_mlp(
     in_features: int = 6,
@@ -202,15 +204,4 @@ def weight_recorder() -> type[WeightRecorder]:
 @pytest.fixture
 def trainer_kwargs(tmp_path: Path) -> dict[str, Any]:
     """Quiet, CPU-only, 1-epoch x 4-batch Trainer arguments; override keys as needed."""
-    return dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        limit_train_batches=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    return quiet_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=4, num_sanity_val_steps=0)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dnn.callbacks.early_stopping import EarlyStopping
+from tests.trainer_utils import quiet_trainer
 
 
 class Scripted(pl.LightningModule):
@@ -70,16 +71,11 @@ def fit(
 ) -> tuple[Scripted, EpochStates, pl.Trainer]:
     model, states = Scripted(script), EpochStates()
     callbacks: list[Callback] = [states, stopper] + ([checkpoint] if checkpoint else [])
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=max_epochs or len(script),
-        logger=False,
-        enable_progress_bar=False,
         enable_checkpointing=checkpoint is not None,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
         callbacks=callbacks,
     )
     trainer.fit(model, loader(), loader(8), ckpt_path=ckpt_path)
@@ -173,15 +169,8 @@ class WithExtraState(Scripted):
 
 def test_disk_store_rejects_non_tensor_state(tmp_path: Path) -> None:
     model = WithExtraState(MIN_SCRIPT)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=[EarlyStopping("score", store="disk")],
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=2, num_sanity_val_steps=0, callbacks=[EarlyStopping("score", store="disk")]
     )
     with pytest.raises(TypeError, match=r"saves tensors only.*_extra_state.*use store='memory'"):
         trainer.fit(model, loader(), loader(8))

@@ -26,6 +26,7 @@ from lightning_dnn.data import ArrayDataModule, DeviceBatchLoader
 from lightning_dnn.data._augment import TransformDataset
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
+from tests.trainer_utils import quiet_trainer_kwargs
 
 N, D, C = 64, 12, 4
 
@@ -120,22 +121,16 @@ class Record(Callback):
 
 
 def fit(
-    model: pl.LightningModule, data: Any, callbacks: list[Callback], tmp_path: Path, **kwargs: Any
+    model: pl.LightningModule,
+    data: Any,
+    callbacks: list[Callback],
+    tmp_path: Path,
+    ckpt_path: Path | None = None,
+    **kwargs: Any,
 ) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
+    options = quiet_trainer_kwargs(tmp_path, **{"max_epochs": 3, "num_sanity_val_steps": 0, **kwargs})
     trainer = pl.Trainer(callbacks=callbacks, **options)
-    trainer.fit(model, data)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -594,18 +589,13 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
     resumed, cache = mlp_model(seed=1), FeatureCache()
     counter = SampleCounter(resumed, *TRUNK)
-    trainer = pl.Trainer(
-        callbacks=[LayerFreezer("hidden[12]"), cache],
-        accelerator="cpu",
-        devices=1,
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    fit(
+        resumed,
+        ArrayDataModule(x, y, batch_size=16),
+        [LayerFreezer("hidden[12]"), cache],
+        tmp_path,
+        ckpt_path=path,
     )
-    trainer.fit(resumed, ArrayDataModule(x, y, batch_size=16), ckpt_path=path)
     assert counter.counts[TRUNK[0]] == N  # rebuilt once, from the restored weights
     assert_same_state(resumed, full)
 

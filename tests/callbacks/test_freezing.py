@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dnn.callbacks.freezing import LayerFreezer
+from tests.trainer_utils import quiet_trainer
 
 STEPS_PER_EPOCH = 4
 
@@ -93,20 +94,9 @@ def loader(n: int = 32, seed: int = 0) -> DataLoader:
 
 
 def trainer(tmp_path: Path, callbacks: list[Callback], *, max_epochs: int = 2, **kwargs: Any) -> pl.Trainer:
-    args: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
+    return quiet_trainer(
+        tmp_path, **{"max_epochs": max_epochs, "num_sanity_val_steps": 0, "callbacks": callbacks, **kwargs}
     )
-    args.update(kwargs)
-    return pl.Trainer(**args)
 
 
 def snapshot(module: nn.Module) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from lightning_dnn import DNNClassifier, LearningCurves
+from tests.trainer_utils import quiet_trainer
 
 
 class Recorder(pl.Callback):
@@ -19,8 +20,7 @@ def fit(tmp_path, curves, epochs=3):
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     recorder = Recorder()
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[curves, recorder])
+    trainer = quiet_trainer(tmp_path, max_epochs=epochs, callbacks=[curves, recorder])
     trainer.fit(DNNClassifier(nn.Linear(4, 2), lr=0.1), loader, loader)
     return recorder
 

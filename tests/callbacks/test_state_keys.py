@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
@@ -16,6 +15,7 @@ from lightning_dnn.cli import _DefaultModelCheckpoint
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
+from tests.trainer_utils import quiet_trainer
 
 
 def _callbacks() -> list[Callback]:
@@ -53,10 +53,7 @@ def test_a_fit_formats_each_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     torch.manual_seed(0)
     data = ArrayDataModule(torch.randn(64, 6), torch.randint(0, 3, (64,)), batch_size=8)
     callbacks = _callbacks()
-    trainer = pl.Trainer(
-        max_epochs=2, callbacks=callbacks, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks, enable_checkpointing=True)
     trainer.fit(DNNClassifier(MLP(6, (5,), 3), lr=0.01), datamodule=data)
     assert trainer.global_step == 16  # 2 epochs x 8 steps, each step calling ~8 hooks on every callback
     assert sorted(calls) == sorted(type(c).__name__ for c in callbacks)  # once each, not once per hook call

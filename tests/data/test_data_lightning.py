@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lightning_dnn.data import ArrayDataModule, DeviceBatchLoader, DigitsDataModule, EpochSampler
+from tests.trainer_utils import quiet_trainer
 
 
 class TinyClassifier(pl.LightningModule):
@@ -53,18 +54,7 @@ class TinyClassifier(pl.LightningModule):
 
 
 def make_trainer(tmp_path, **kwargs):
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
+    return quiet_trainer(tmp_path, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 def tagged_module(n=40, **kwargs):
