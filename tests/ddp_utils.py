@@ -47,6 +47,21 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
+def run_ddp_script(script: Path, tmp_path: Path, world_size: int = 2, timeout: float = 240) -> ModuleType:
+    """Run ``script tmp_path world_size`` (a script that launches its own DDP job) to success, then import it
+    (to run its single-process reference in the test process)."""
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(world_size)],
+        env=ddp_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return load_script(script)
+
+
 def run_ranks(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 180) -> list[str]:
     """Start one process per ``(argv, env)``, wait for all, fail the test if one hangs or exits non-zero."""
     import pytest

@@ -7,14 +7,12 @@ epoch's permutation asks for, and the result must equal a single-process live ru
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.ddp_utils import ddp_env, load_script
+from tests.ddp_utils import run_ddp_script
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_feature_cache_ddp_script.py"
@@ -22,16 +20,7 @@ SCRIPT = HERE / "_feature_cache_ddp_script.py"
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_ddp_builds_each_sample_once_and_equals_a_single_process_live_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "2"],
-        env=ddp_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    script = load_script(SCRIPT)
+    script = run_ddp_script(SCRIPT, tmp_path)
     script.run(tmp_path, devices=1, cached=False)
 
     rank0, rank1, live = (
