@@ -307,18 +307,13 @@ class _EpochSums:
 
     def update(self, n: int, means: Mapping[str, Tensor], totals: Mapping[str, Tensor] | None = None) -> None:
         """Add a batch of ``n`` samples: ``means`` are per-sample means (weighted by ``n``), ``totals`` sums."""
-        for key, value in means.items():
+        weighted = [(k, v, n) for k, v in means.items()] + [(k, v, 1) for k, v in (totals or {}).items()]
+        for key, value, weight in weighted:
             total = self.sums.get(key)
             if total is None:
-                self.sums[key] = value.detach() * n
+                self.sums[key] = value.detach() * weight
             else:
-                total.add_(value.detach(), alpha=n)
-        for key, value in (totals or {}).items():
-            total = self.sums.get(key)
-            if total is None:
-                self.sums[key] = value.detach().clone()
-            else:
-                total.add_(value.detach())
+                total.add_(value.detach(), alpha=weight)
         self.count += n
 
     def compute(self, strategy: Any) -> dict[str, Tensor]:
