@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_pytorch as raw
@@ -63,14 +62,8 @@ def run(cfg: raw.RunConfig, seed: int) -> dict[str, float]:
 
     opt = raw.make_optimizer(cfg, plain.parameters())
     torch.manual_seed(10_000 + seed)
-    plain.train()
     for order in orders:
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            loss = nn.functional.cross_entropy(plain(xtr.index_select(0, idx)), ytr.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        raw.train_epoch(plain, opt, xtr, ytr, cfg.batch_size, None, order=order)
 
     diff = max((a - b).abs().max().item() for a, b in zip(net.state_dict().values(), plain.state_dict().values(),
                                                             strict=True) if a.is_floating_point())

@@ -104,10 +104,11 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:  # type: ig
 
 
 def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                gen: torch.Generator) -> None:
-    """One epoch of the raw loop: shuffled batches by indexing device-resident tensors."""
+                gen: torch.Generator | None, order: torch.Tensor | None = None) -> None:
+    """One epoch of the raw loop: shuffled batches by indexing device-resident tensors (in ``order`` when given,
+    else a permutation drawn from ``gen``)."""
     net.train()
-    perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+    perm = (torch.randperm(x.shape[0], generator=gen) if order is None else order).to(x.device)
     for i in range(0, x.shape[0], batch_size):
         idx = perm[i : i + batch_size]
         loss = nn.functional.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx))
