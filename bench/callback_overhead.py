@@ -39,9 +39,9 @@ hence the steadier figure on a loaded machine.
 
 Usage::
 
-    python bench/callback_overhead.py                 # CPU (cuda when available), 2 threads, 5 rounds x 3 epochs
-    python bench/callback_overhead.py --quick         # 3 rounds x 2 epochs of 20,000 samples
-    python bench/callback_overhead.py --device cuda   # prints the card's name
+    python -m bench.callback_overhead                 # CPU (cuda when available), 2 threads, 5 rounds x 3 epochs
+    python -m bench.callback_overhead --quick         # 3 rounds x 2 epochs of 20,000 samples
+    python -m bench.callback_overhead --device cuda   # prints the card's name
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*(GPU|TPU|HPU) available.*")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per fit, after one warm-up epoch")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the configurations")
@@ -331,38 +331,28 @@ def main(argv: list[str] | None = None) -> None:
     for arg in ("epochs", "rounds", "samples", "batch_size", "threads"):
         if getattr(args, arg) < 1:
             parser.error(f"--{arg.replace('_', '-')} must be >= 1, got {getattr(args, arg)}")
-
-    load_before = os.getloadavg()
-    _quiet()
-    torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")
     if device.type == "cuda" and args.clock == "cpu":
         parser.error("--clock cpu measures host CPU time only; use the wall clock on CUDA")
+    args.device = device
+    return args
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
+@dataclass
+class _Measured:
+    times: dict[str, list[float]]  # epoch times, warm-up epochs dropped
+    per_round: dict[str, list[float]]  # median epoch of each round
+    step_times: dict[str, list[float]]  # CPU only (see _measure)
+
+
+def _measure(args: argparse.Namespace, loader: DeviceBatchLoader, sync: Callable[[], None]) -> _Measured:
+    device: torch.device = args.device
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    x, y = _load_data(args.data, args.samples)
-    loader = DeviceBatchLoader(x, y, batch_size=args.batch_size, shuffle=True, seed=0, device=device)
     steps = len(loader)
-
-    card = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(
-        f"callback overhead: 784-300-100-10 MLP (ELU), Adam, batch {args.batch_size}, {steps} steps/epoch "
-        f"({args.data} data), {args.rounds} rounds x {args.epochs} timed epochs, {device.type}{card}"
-    )
-
     names = list(CONFIGS)
-    times: dict[str, list[float]] = {name: [] for name in names}  # epoch times, warm-up epochs dropped
-    per_round: dict[str, list[float]] = {name: [] for name in names}  # median epoch of each round
-    step_times: dict[str, list[float]] = {name: [] for name in names}  # CPU only (see below)
+    out = _Measured({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names})
     started = time.perf_counter()
     for round_ in range(args.rounds):
         shift = round_ % len(names)
@@ -373,20 +363,15 @@ def main(argv: list[str] | None = None) -> None:
             timers: list[Callback] = [epoch_timer] if step_timer is None else [epoch_timer, step_timer]
             _fit(CONFIGS[name], loader, device, args.epochs + 1, timers)
             timed = epoch_timer.times[1:]
-            times[name] += timed
-            per_round[name].append(statistics.median(timed))
+            out.times[name] += timed
+            out.per_round[name].append(statistics.median(timed))
             if step_timer is not None:
-                step_times[name] += step_timer.times[steps:]
+                out.step_times[name] += step_timer.times[steps:]
         print(f"  round {round_ + 1}/{args.rounds} done ({time.perf_counter() - started:.0f} s)", flush=True)
-    load_after = os.getloadavg()
+    return out
 
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    step_medians = {name: statistics.median(v) if v else math.nan for name, v in step_times.items()}
-    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"{device.type}{card}"
-    machine = f"{_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, pytorch-lightning "
-    machine += f"{pl.__version__}, {threads}, {args.clock} clock"
-    print()
-    print(f"machine: {machine}")
+
+def _print_load(load_before: tuple[float, float, float], load_after: tuple[float, float, float]) -> None:
     loads = ", ".join(f"{v:.2f}" for v in load_before)
     print(f"load average (1/5/15 min) before: {loads}; after: {', '.join(f'{v:.2f}' for v in load_after)}")
     if load_before[0] > 0.5:
@@ -396,7 +381,11 @@ def main(argv: list[str] | None = None) -> None:
             "each configuration's range below); the median step times and the hook timings are the steadier "
             "figures then."
         )
-    print()
+
+
+def _print_table(m: _Measured, device: torch.device, steps: int) -> None:
+    medians = {name: statistics.median(values) for name, values in m.times.items()}
+    step_medians = {name: statistics.median(v) if v else math.nan for name, v in m.step_times.items()}
     print(
         "| configuration (vs baseline) | ms/epoch baseline -> with | epoch ratio (paired min-max) | "
         "median step µs baseline -> with | step ratio | overhead µs/step | goal <= 1.05x |"
@@ -404,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for with_cb, base in PAIRS:
         ratio = medians[with_cb] / medians[base]
-        paired = [w / b for w, b in zip(per_round[with_cb], per_round[base], strict=True)]
+        paired = [w / b for w, b in zip(m.per_round[with_cb], m.per_round[base], strict=True)]
         step_ratio = step_medians[with_cb] / step_medians[base]
         if device.type == "cpu":
             overhead = (step_medians[with_cb] - step_medians[base]) * 1e6
@@ -418,19 +407,56 @@ def main(argv: list[str] | None = None) -> None:
             f"{step_medians[base] * 1e6:.0f} -> {step_medians[with_cb] * 1e6:.0f} | {step_ratio:.3f}x | "
             f"{overhead:+.0f} | {'met' if judged <= GOAL else 'MISSED'} |"
         )
-    print()
-    judged_by = "median step times" if device.type == "cpu" else "median epoch times / steps per epoch"
+
+
+def _print_summary(m: _Measured, args: argparse.Namespace, steps: int, machine: str) -> None:
+    medians = {name: statistics.median(values) for name, values in m.times.items()}
+    step_medians = {name: statistics.median(v) if v else math.nan for name, v in m.step_times.items()}
+    names = list(CONFIGS)
+    judged_by = "median step times" if args.device.type == "cpu" else "median epoch times / steps per epoch"
     print(
-        f"{steps} steps/epoch, batch {args.batch_size}; {len(times[names[0]])} epochs per configuration "
+        f"{steps} steps/epoch, batch {args.batch_size}; {len(m.times[names[0]])} epochs per configuration "
         f"({args.rounds} interleaved rounds x {args.epochs} epochs, warm-up epoch dropped); overhead and goal "
         f"from the {judged_by}; {machine}."
     )
     for name in names:
         print(
-            f"  {name}: median {medians[name] * 1e3:.0f} ms/epoch (range {min(times[name]) * 1e3:.0f}-"
-            f"{max(times[name]) * 1e3:.0f}), median step {step_medians[name] * 1e6:.0f} µs"
+            f"  {name}: median {medians[name] * 1e3:.0f} ms/epoch (range {min(m.times[name]) * 1e3:.0f}-"
+            f"{max(m.times[name]) * 1e3:.0f}), median step {step_medians[name] * 1e6:.0f} µs"
         )
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    device: torch.device = args.device
+    load_before = os.getloadavg()
+    _quiet()
+    torch.set_num_threads(args.threads)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    x, y = _load_data(args.data, args.samples)
+    loader = DeviceBatchLoader(x, y, batch_size=args.batch_size, shuffle=True, seed=0, device=device)
+    steps = len(loader)
+    card = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(
+        f"callback overhead: 784-300-100-10 MLP (ELU), Adam, batch {args.batch_size}, {steps} steps/epoch "
+        f"({args.data} data), {args.rounds} rounds x {args.epochs} timed epochs, {device.type}{card}"
+    )
+    measured = _measure(args, loader, sync)
+    load_after = os.getloadavg()
+    threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"{device.type}{card}"
+    machine = f"{_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, pytorch-lightning "
+    machine += f"{pl.__version__}, {threads}, {args.clock} clock"
+    print()
+    print(f"machine: {machine}")
+    _print_load(load_before, load_after)
+    print()
+    _print_table(measured, device, steps)
+    print()
+    _print_summary(measured, args, steps, machine)
     if not args.no_hooks:
         _hook_report(loader, device, sync, "all three")
         _hook_report(loader, device, sync, "MaxNorm+GradientClipping")

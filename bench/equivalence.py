@@ -6,24 +6,20 @@ before the first step). If the two loops do the same arithmetic, their weights s
 end at the same test accuracy; a gap between "ours" and "plain" in bench/results.py is then the seeds' spread
 (other init draws, batch orders and dropout masks), not a difference between the implementations.
 
-    python bench/equivalence.py [--config 2] [--seeds 0 1 2] [--epochs 20] [--threads 2]
+    python -m bench.equivalence [--config 2] [--seeds 0 1 2] [--epochs 20] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plain_pytorch as raw
-
+from bench import plain_pytorch as raw
 from lightning_dnn import MLP, DNNClassifier
 from lightning_dnn.data import FashionMNISTDataModule
 

@@ -33,9 +33,9 @@ Epoch times exclude the first epoch of every fit (warm-up; for "cached", the bui
 
 Usage::
 
-    python bench/feature_cache.py                 # CPU, 2 threads, 3 rounds
-    python bench/feature_cache.py --quick         # 2 rounds, fewer epochs
-    python bench/feature_cache.py --device cuda   # + CUDA-graph head loop
+    python -m bench.feature_cache                 # CPU, 2 threads, 3 rounds
+    python -m bench.feature_cache --quick         # 2 rounds, fewer epochs
+    python -m bench.feature_cache --device cuda   # + CUDA-graph head loop
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ if python3 -c "import pytest" 2>/dev/null; then
 else
     echo "pytest is not installed on this machine: the cuda tests did not run" | tee -a "$OUT/summary.txt"
 fi
-step loop_speed 170 python3 bench/loop_speed.py --epochs 4 --repeats 1 \
+step loop_speed 170 python3 -m bench.loop_speed --epochs 4 --repeats 1 \
     --variants raw-control pl-floor ours-quiet ours typical
-step callback_overhead 100 python3 bench/callback_overhead.py --quick --device cuda
-step feature_cache 150 python3 bench/feature_cache.py --quick --device cuda
+step callback_overhead 100 python3 -m bench.callback_overhead --quick --device cuda
+step feature_cache 150 python3 -m bench.feature_cache --quick --device cuda
 for f in "$OUT"/loop_speed.txt "$OUT"/callback_overhead.txt "$OUT"/feature_cache.txt "$OUT"/tests.txt; do
     [ -f "$f" ] && { echo "---- $f"; grep -E '^\||passed|failed|error|Error|machine|overhead' "$f" | tail -n 30; }
 done

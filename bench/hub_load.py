@@ -16,7 +16,7 @@ Cold (a fresh cache dir every repeat, downloads from a local olah server on 127.
   config.json + model.safetensors (same endpoint, fresh cache), and vs. that download + hand-built network +
   `load_state_dict` (the whole job done by hand).
 
-    python bench/hub_load.py [--threads 1] [--repeats 50] [--cold-repeats 20]
+    python -m bench.hub_load [--threads 1] [--repeats 50] [--cold-repeats 20]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ a variant's ratio is the median of these paired ratios. On a shared machine the 
 seconds; a pair is measured within a few seconds, so the drift cancels out of its ratio. ``raw-control`` pairs
 the raw loop with a second copy of itself: its spread is the method's own noise.
 
-    python bench/loop_speed.py [--epochs 5] [--repeats 2] [--threads 2] [--variants ...] [--device cpu|cuda]
+    python -m bench.loop_speed [--epochs 5] [--repeats 2] [--threads 2] [--variants ...] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -42,9 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plain_pytorch as raw
-
+from bench import plain_pytorch as raw
 from lightning_dnn import MLP, DNNClassifier
 from lightning_dnn.cli import DNNCLI
 from lightning_dnn.data import FashionMNISTDataModule

@@ -7,9 +7,9 @@ CPU.
 
 Usage::
 
-    python bench/optim_step.py                              # CPU, torch's threads, wall clock, 50 rounds
-    python bench/optim_step.py --threads 1 --clock cpu      # steadier on a busy shared machine
-    python bench/optim_step.py --device cuda                # synchronises around every step
+    python -m bench.optim_step                              # CPU, torch's threads, wall clock, 50 rounds
+    python -m bench.optim_step --threads 1 --clock cpu      # steadier on a busy shared machine
+    python -m bench.optim_step --device cuda                # synchronises around every step
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Plot bench/results_config*.json (issue 3's results table) as bench/results.png: per-seed test accuracy.
 
-    python bench/plot_results.py
+    python -m bench.plot_results
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 "plain" is the hand-written loop in bench/plain_pytorch.py. Each over the same seeds; prints a markdown table of
 mean and spread (sample std, min-max) of the final test accuracy and writes bench/results.json.
 
-    python bench/results.py [--seeds 0 1 2] [--epochs 20]
+    python -m bench.results [--seeds 0 1 2] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import warnings
 from dataclasses import replace
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import plain_pytorch as raw  # noqa: E402
+from bench import plain_pytorch as raw
+from lightning_dnn.cli import DNNCLI
 
-from lightning_dnn.cli import DNNCLI  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CONFIGS = {"1": ("tf1_notebook", raw.CONFIG1), "2": ("chapter_defaults", raw.CONFIG2)}
 

@@ -1,5 +1,7 @@
 """lightning-dnn: the craft of training deep networks as PyTorch Lightning parts, plus a Hub-hosted model zoo."""
 
+from lightning_dnn._selection import select_modules, select_parameters
+from lightning_dnn._version import __version__
 from lightning_dnn.callbacks import (
     EarlyStopping,
     FeatureCache,
@@ -11,8 +13,6 @@ from lightning_dnn.callbacks import (
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP, get_activation, variance_scaling_
 from lightning_dnn.optim import FTRL, build_optimizer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FTRL",
@@ -27,5 +27,7 @@ __all__ = [
     "__version__",
     "build_optimizer",
     "get_activation",
+    "select_modules",
+    "select_parameters",
     "variance_scaling_",
 ]

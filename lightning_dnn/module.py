@@ -13,11 +13,7 @@ network is passed again: ``DNNClassifier.load_from_checkpoint(path, net=MyNet())
 
 from __future__ import annotations
 
-import functools
-import importlib
-import json
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,25 +22,17 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_dnn._checks import check_choice, check_int, check_number
+from lightning_dnn._checks import check_int, check_number
 from lightning_dnn._selection import compile_patterns
-from lightning_dnn.optim import SCHEDULE_INTERVAL, build_optimizer, build_schedule
+from lightning_dnn._specs import NetSpec, resolve_net, resolve_optimizer, resolve_schedule
 from lightning_dnn.regularization import WeightPenalty
 
 __all__ = ["DNNClassifier"]
 
-#: Packages whose classes a ``class_path`` may name even when not imported yet; any other class must already be
-#: imported (as Lightning does for checkpoints, so that loading a checkpoint never imports arbitrary code).
-_TRUSTED_PACKAGES = ("lightning_dnn", "torch", "torchvision", "pytorch_lightning", "lightning")
-#: Keys of a schedule mapping that configure how Lightning steps the scheduler rather than the scheduler itself.
-_LIGHTNING_SCHEDULE_KEYS = ("interval", "frequency", "monitor")
-
-NetSpec = dict[str, Any]
 OptimizerLike = str | dict[str, Any] | OptimizerCallable
 ScheduleLike = str | dict[str, Any] | LRSchedulerCallable
 
@@ -119,7 +107,7 @@ class DNNClassifier(pl.LightningModule):
         penalty_pattern: str | list[str] | None = None,
     ) -> None:
         super().__init__()
-        module, net_spec = _resolve_net(net)
+        module, net_spec = resolve_net(net)
         self.net = module
         self.num_classes = _resolve_num_classes(module, num_classes)
         self.lr = check_number("lr", lr, low=0.0, low_inclusive=False)
@@ -131,10 +119,10 @@ class DNNClassifier(pl.LightningModule):
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         if "lr" in self.optimizer_kwargs:
             raise ValueError("`optimizer_kwargs` must not hold 'lr'; pass the learning rate as `lr=`")
-        self._optimizer_factory, optimizer_spec = _resolve_optimizer(
+        self._optimizer_factory, optimizer_spec = resolve_optimizer(
             optimizer, self.lr, self.optimizer_kwargs
         )
-        self._schedule, schedule_spec = _resolve_schedule(lr_schedule)
+        self._schedule, schedule_spec = resolve_schedule(lr_schedule)
         if penalty_pattern is not None:
             compile_patterns("penalty_pattern", penalty_pattern)
         self.penalty = WeightPenalty(l1=l1, l2=l2, pattern=penalty_pattern)
@@ -351,97 +339,6 @@ def _has_validation(module: pl.LightningModule) -> bool:
         return True
 
 
-def _is_jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _class_path(cls: type) -> str | None:
-    if "<locals>" in cls.__qualname__:
-        return None
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _import_class(arg: str, path: Any, base: type | tuple[type, ...]) -> type:
-    """Resolve ``"package.module.Class"`` to a subclass of ``base`` without importing untrusted code."""
-    if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"`{arg}['class_path']` must be a dotted path 'package.module.Class', got {path!r}")
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:i])
-        if module_name in sys.modules or parts[0] in _TRUSTED_PACKAGES:
-            try:
-                obj: Any = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            try:
-                for attr in parts[i:]:
-                    obj = getattr(obj, attr)
-            except AttributeError:
-                continue
-            if isinstance(obj, type) and issubclass(obj, base):
-                return obj
-            raise TypeError(
-                f"`{arg}['class_path']`={path!r} must name a subclass of {_names(base)}, got {obj!r}"
-            )
-    raise ValueError(
-        f"`{arg}['class_path']`={path!r} does not resolve to a class: only classes from "
-        f"{', '.join(_TRUSTED_PACKAGES)} or from an already imported module are built; import its module first"
-    )
-
-
-def _names(base: type | tuple[type, ...]) -> str:
-    return " or ".join(b.__name__ for b in (base if isinstance(base, tuple) else (base,)))
-
-
-def _check_class_spec(arg: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(spec) - {"class_path", "init_args"})
-    if unknown:
-        raise ValueError(
-            f"`{arg}` mapping has unknown key(s) {unknown}; expected 'class_path' and 'init_args'"
-        )
-    init_args = spec.get("init_args") or {}
-    if not isinstance(init_args, Mapping):
-        raise TypeError(f"`{arg}['init_args']` must be a mapping, got {type(init_args).__name__}")
-    return dict(init_args)
-
-
-def _resolve_net(net: Any) -> tuple[nn.Module, NetSpec | None]:
-    """Return the network and its JSON-able ``{"class_path", "init_args"}`` description (None if it has none)."""
-    if isinstance(net, Mapping):
-        if "class_path" not in net:
-            raise ValueError(
-                f"`net` given as a mapping needs a 'class_path' (and 'init_args'), got keys {sorted(net)}"
-            )
-        init_args = _check_class_spec("net", net)
-        cls = _import_class("net", net["class_path"], nn.Module)
-        module = cls(**init_args)
-        spec = {"class_path": net["class_path"], "init_args": init_args}
-        return module, spec if _is_jsonable(spec) else None
-    if not isinstance(net, nn.Module):
-        hint = (
-            " (this checkpoint does not store the network: pass it, "
-            "DNNClassifier.load_from_checkpoint(path, net=MyNet()))"
-            if net is None
-            else ""
-        )
-        raise TypeError(
-            f"`net` must be a torch.nn.Module or a {{'class_path': ..., 'init_args': ...}} mapping, "
-            f"got {type(net).__name__}{hint}"
-        )
-    path = _class_path(type(net))
-    try:
-        config = getattr(net, "config", None)
-    except (TypeError, ValueError):  # e.g. an MLP built with a module activation has no JSON-able config
-        config = None
-    if path is None or not isinstance(config, Mapping) or not _is_jsonable(dict(config)):
-        return net, None
-    return net, {"class_path": path, "init_args": dict(config)}
-
-
 def _resolve_num_classes(net: nn.Module, num_classes: Any) -> int:
     declared = getattr(net, "out_features", None)
     declared = declared if isinstance(declared, int) and not isinstance(declared, bool) else None
@@ -466,153 +363,3 @@ def _resolve_num_classes(net: nn.Module, num_classes: Any) -> int:
             "(the net must output one logit per class); pass num_classes=... or fix the output layer"
         )
     return declared
-
-
-def _dummy_params() -> list[nn.Parameter]:
-    return [nn.Parameter(torch.zeros(1))]
-
-
-def _resolve_optimizer(
-    optimizer: Any, lr: float, kwargs: dict[str, Any]
-) -> tuple[Callable[[Iterable[Any]], Optimizer] | None, str | dict[str, Any] | None]:
-    """Return a factory ``params -> Optimizer`` and a JSON-able description of it (None when it has none)."""
-    if optimizer is None:
-        return None, None
-    if isinstance(optimizer, str):
-        factory: Callable[[Iterable[Any]], Optimizer] = functools.partial(_build_named, optimizer, lr, kwargs)
-        try:  # validates the name (with close matches) and the keyword arguments now
-            factory(_dummy_params())
-        except TypeError as err:
-            raise TypeError(f"`optimizer_kwargs` for optimizer {optimizer!r}: {err}") from None
-        return factory, optimizer
-    if kwargs:
-        raise ValueError(
-            "`optimizer_kwargs` only applies to an optimizer given by name; put the arguments in the callable "
-            "(functools.partial(torch.optim.SGD, momentum=0.9)) or its 'init_args'"
-        )
-    if isinstance(optimizer, Mapping):
-        init_args = _check_class_spec("optimizer", optimizer)
-        cls = _import_class("optimizer", optimizer.get("class_path"), Optimizer)
-        factory = functools.partial(cls, **init_args)
-        factory(_dummy_params())
-        spec = {"class_path": optimizer["class_path"], "init_args": init_args}
-        return factory, spec if _is_jsonable(spec) else None
-    if not callable(optimizer):
-        raise TypeError(
-            "`optimizer` must be an optimizer name, a {'class_path': ..., 'init_args': ...} mapping or a callable "
-            f"params -> torch.optim.Optimizer, got {type(optimizer).__name__} {optimizer!r}"
-        )
-    return functools.partial(_call_optimizer, optimizer), _describe_callable(optimizer)
-
-
-def _build_named(name: str, lr: float, kwargs: dict[str, Any], params: Iterable[Any]) -> Optimizer:
-    return build_optimizer(name, params, lr, **kwargs)
-
-
-def _call_optimizer(factory: Callable[[Iterable[Any]], Any], params: Iterable[Any]) -> Optimizer:
-    optimizer = factory(params)
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            f"`optimizer` callable must return a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
-    return optimizer
-
-
-def _describe_callable(obj: Any) -> dict[str, Any] | None:
-    """``{"class_path", "init_args"}`` for a class or a ``functools.partial`` of one with JSON-able keywords.
-
-    LightningCLI's callables (jsonargparse's ``partial(instantiator, ..., cls, **init_args)``) are described too.
-    """
-    cls: Any = None
-    if isinstance(obj, type):
-        cls, init_args = obj, {}
-    elif isinstance(obj, functools.partial):
-        init_args = dict(obj.keywords)
-        if isinstance(obj.func, type) and not obj.args:
-            cls = obj.func
-        elif getattr(obj.func, "__module__", "").startswith("jsonargparse") and obj.args:
-            cls = obj.args[-1] if isinstance(obj.args[-1], type) else None
-    path = None if cls is None else _class_path(cls)
-    if path is None:
-        return None
-    spec = {"class_path": path, "init_args": init_args}
-    return spec if _is_jsonable(spec) else None
-
-
-ScheduleFactory = Callable[[Optimizer], Any]
-
-
-def _resolve_schedule(
-    lr_schedule: Any,
-) -> tuple[tuple[ScheduleFactory, dict[str, Any]] | None, str | dict[str, Any] | None]:
-    """Return ``(factory, lightning_config)`` for the schedule and a JSON-able description of it."""
-    if lr_schedule is None:
-        return None, None
-    if isinstance(lr_schedule, str):
-        lr_schedule = {"name": lr_schedule}
-        spec: str | dict[str, Any] | None = lr_schedule["name"]
-    elif isinstance(lr_schedule, Mapping):
-        spec = dict(lr_schedule)
-    elif callable(lr_schedule):
-        described = _describe_callable(lr_schedule)
-        return (functools.partial(_call_schedule, lr_schedule), {"interval": "epoch"}), described
-    else:
-        raise TypeError(
-            "`lr_schedule` must be None, a schedule name, a mapping ({'name': ..., **kwargs} or "
-            "{'class_path': ..., 'init_args': ...}) or a callable optimizer -> scheduler, "
-            f"got {type(lr_schedule).__name__} {lr_schedule!r}"
-        )
-
-    options = dict(lr_schedule)
-    config = {k: options.pop(k) for k in _LIGHTNING_SCHEDULE_KEYS if k in options}
-    if "interval" in config:
-        check_choice("lr_schedule['interval']", config["interval"], ("step", "epoch"))
-    if "frequency" in config:
-        check_int("lr_schedule['frequency']", config["frequency"], low=1)
-    if "monitor" in config and not isinstance(config["monitor"], str):
-        raise TypeError(f"`lr_schedule['monitor']` must be a metric name, got {config['monitor']!r}")
-
-    factory: ScheduleFactory
-    if "class_path" in options:
-        if "name" in options:
-            raise ValueError("`lr_schedule` mapping takes either 'name' or 'class_path', not both")
-        init_args = _check_class_spec("lr_schedule", options)
-        cls = _import_class("lr_schedule", options["class_path"], (LRScheduler, ReduceLROnPlateau))
-        factory = functools.partial(_build_class_schedule, cls, init_args)
-        config.setdefault("interval", "epoch")
-    elif "name" in options:
-        name = options.pop("name")
-        if not isinstance(name, str):
-            raise TypeError(
-                f"`lr_schedule['name']` must be a schedule name, got {type(name).__name__} {name!r}"
-            )
-        factory = functools.partial(_build_named_schedule, name, options)
-        config.setdefault("interval", SCHEDULE_INTERVAL.get(name.strip().lower(), "epoch"))
-    else:
-        raise ValueError(
-            "`lr_schedule` mapping needs a 'name' (a schedule name and its keyword arguments) or a 'class_path' "
-            f"(a torch scheduler class and its 'init_args'), got keys {sorted(lr_schedule)}"
-        )
-    dummy = torch.optim.SGD(_dummy_params(), lr=1.0)
-    try:  # validates the name (with close matches) and the keyword arguments now
-        factory(dummy)
-    except TypeError as err:
-        raise TypeError(f"`lr_schedule`: {err}") from None
-    return (factory, config), spec if _is_jsonable(spec) else None
-
-
-def _build_named_schedule(name: str, kwargs: dict[str, Any], optimizer: Optimizer) -> Any:
-    return build_schedule(name, optimizer, **kwargs)
-
-
-def _build_class_schedule(cls: type, kwargs: dict[str, Any], optimizer: Optimizer) -> Any:
-    return cls(optimizer, **kwargs)
-
-
-def _call_schedule(factory: Callable[[Optimizer], Any], optimizer: Optimizer) -> Any:
-    scheduler = factory(optimizer)
-    if not isinstance(scheduler, LRScheduler | ReduceLROnPlateau):
-        raise TypeError(
-            f"`lr_schedule` callable must return a torch LR scheduler, got {type(scheduler).__name__}"
-        )
-    return scheduler

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dnn._checks import check_number
-from lightning_dnn._selection import Patterns, _available, compile_patterns, select_parameters
+from lightning_dnn._selection import Patterns, available_names, compile_patterns, select_parameters
 
 __all__ = ["WEIGHT_MODULES", "WeightPenalty", "l1_penalty", "l2_penalty", "regularized_parameters"]
 
@@ -47,10 +47,11 @@ def regularized_parameters(
     """Return the ``(name, weight)`` pairs of ``module`` that penalties apply to.
 
     The weights are the ``weight`` parameters of the modules in :data:`WEIGHT_MODULES`; biases and the parameters
-    of normalization layers are never included. ``pattern`` narrows the selection with the DESIGN.md §4 rule: a
-    weight is kept when its module (or an ancestor) has a dotted name that ``re.fullmatch``-es the pattern, whole
-    or after dropping leading components (``hidden[12]`` selects ``hidden1`` and ``net.hidden2.linear``, never
-    ``hidden12``). A weight shared by several modules appears once.
+    of normalization layers are never included. ``pattern`` narrows the selection with the library's selection
+    rule: a weight is kept when the pattern ``re.fullmatch``-es its name or the dotted name of a module holding it,
+    whole or with exactly the first component dropped (on a LightningModule holding ``self.net``, ``hidden[12]``
+    selects ``net.hidden1`` and ``net.hidden2``, never ``net.hidden12`` nor ``net.block.hidden1``). A weight
+    shared by several modules appears once.
 
     Args:
         module: the model (any ``nn.Module``).
@@ -89,7 +90,7 @@ def regularized_parameters(
             where = f" selected by `pattern`={[p.pattern for p in compile_patterns('pattern', pattern)]}"
         raise ValueError(
             f"No weight to regularize{where}: penalties apply to the `weight` of "
-            f"{', '.join(t.__name__ for t in WEIGHT_MODULES)} modules. Available modules: {_available(module)}"
+            f"{', '.join(t.__name__ for t in WEIGHT_MODULES)} modules. Available {available_names(module)}"
         )
     return selected
 

@@ -1,5 +1,8 @@
 """The example configs run through the `lightning-dnn` CLI code path, with its defaults (loggers, learning curves)."""
 
+import runpy
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,18 @@ def test_bad_config_key_is_reported(tmp_path, capsys):
     bad.write_text("model:\n  net:\n    class_path: lightning_dnn.nn.MLP\n    init_args: {in_features: 4}\n  lr: -1\n")
     with pytest.raises((SystemExit, ValueError)):
         main(["fit", "--config", str(bad)])
+
+
+def test_console_script_and_python_m_reach_main(monkeypatch, capsys):
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "lightning-dnn"]
+    assert script.value == "lightning_dnn.cli:main" and script.load() is main
+    monkeypatch.setattr(sys, "argv", ["lightning-dnn", "zoo", "list"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("lightning_dnn.cli", run_name="__main__")  # python -m lightning_dnn.cli zoo list
+    assert done.value.code == 0 and "digits-mlp-classes0-4" in capsys.readouterr().out
+
+
+def test_main_passes_zoo_exit_codes(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["zoo", "info", "digits-mlp-clases0-4"])
+    assert done.value.code == 2 and "Did you mean 'digits-mlp-classes0-4'" in capsys.readouterr().err

@@ -100,7 +100,7 @@ def test_conv_embedding_weights_are_selected() -> None:
 
 def test_pattern_narrows_with_selection_rule() -> None:
     net = _mlp_like()
-    # `hidden[12]` selects hidden1 and hidden2, never hidden12 (re.fullmatch on names and their suffixes)
+    # `hidden[12]` selects hidden1 and hidden2, never hidden12 (re.fullmatch on the name, or without its first part)
     names = [n for n, _ in regularized_parameters(net, "hidden[12]")]
     assert names == ["hidden1.linear.weight", "hidden2.linear.weight"]
     expected = sum(0.5 * net.get_submodule(n[: -len(".weight")]).weight.abs().sum() for n in names)
@@ -169,7 +169,7 @@ def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None
 
 def test_selection_errors() -> None:
     net = _mlp_like()
-    with pytest.raises(ValueError, match=r"selects no module. Available modules: hidden1"):
+    with pytest.raises(ValueError, match=r"'hidden9' selects no module or parameter. Available modules: hidden1"):
         regularized_parameters(net, "hidden9")
     with pytest.raises(ValueError, match=r"No weight to regularize selected by `pattern`=\['bn'\]"):
         WeightPenalty(l1=1.0, pattern="bn")(net)

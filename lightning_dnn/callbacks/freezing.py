@@ -1,77 +1,42 @@
-"""Freeze layers before training and unfreeze them on a schedule (progressive unfreezing, DESIGN.md §4).
+"""LayerFreezer: freeze layers before training and unfreeze them on a schedule (progressive unfreezing).
 
-:class:`LayerFreezer` is the chapter's "freeze the lower layers, then unfreeze from the top, one block at a time"
-as a Lightning callback that works with any LightningModule:
-
-* **Freezing happens in** ``setup``, which Lightning 2.x runs before the strategy wraps the model in
-  ``DistributedDataParallel`` and before ``configure_optimizers``. A ``configure_optimizers`` that keeps only
-  ``requires_grad`` parameters therefore leaves the frozen ones out, and DDP registers only the trainable ones,
-  so no ``find_unused_parameters=True`` is needed.
-* **Unfrozen parameters join the optimizer as a new named param group** (``"unfrozen-epoch{N}"``, which
-  :class:`~pytorch_lightning.callbacks.LearningRateMonitor` uses as its label). Parameters are compared by
-  identity, never by value (Lightning's ``BaseFinetuning`` dedupes with ``torch.equal`` and silently drops a new
-  parameter whose values equal an existing one). Every LR scheduler attached to the optimizer is extended for the
-  new group: ``base_lrs``/``lr_lambdas`` (``LambdaLR``, ``MultiplicativeLR``, ``StepLR``, ``ExponentialLR``,
-  ``CosineAnnealingLR``, our TF-style schedules ...), ``min_lrs`` (``ReduceLROnPlateau``; Lightning's issues
-  #12141/#8720), ``max_lrs`` and momenta (``CyclicLR``), the per-group keys of ``OneCycleLR``, and the children
-  of ``SequentialLR``/``ChainedScheduler``.
-* **Frozen batch norm stays in eval mode** (running statistics fixed) for the whole fit, including after each
-  validation loop, because the mode is re-applied before every training batch; ``bn="train"`` opts out.
-* **Resume**: the checkpoint stores which modules are frozen and which milestones were applied (by name). On
-  resume the model is frozen as at the start of the original run (so ``configure_optimizers`` and the DDP wrap
-  see the same thing), then the applied milestones are replayed in ``on_fit_start``, before Lightning restores
-  the optimizer and scheduler states, which therefore find the extra param groups they were saved with.
-* **DDP**: ``DistributedDataParallel`` only all-reduces the gradients of parameters that required grad when it
-  was constructed, and it cannot register new ones later. Re-wrapping the model mid-fit would leave the old
-  reducer's autograd hooks attached, so instead this callback all-reduces (averages, like DDP) the gradients of
-  the parameters it unfroze itself, in ``on_after_backward``: after backward, before any
-  ``on_before_optimizer_step`` hook (gradient clipping sees synchronized gradients whatever the callback order),
-  and only on the micro-batches where DDP itself synchronizes (not inside ``no_sync`` gradient accumulation).
+The param-group and scheduler surgery lives in ``_param_groups.py``, the DDP gradient averaging in
+``_ddp_sync.py``; this module holds the freeze/unfreeze schedule.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
-import torch
-import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_dnn._checks import check_choice, check_int, check_number
-from lightning_dnn._selection import Patterns, compile_patterns, select_modules
+from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
+from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
+from lightning_dnn.callbacks._param_groups import add_param_group, check_proportional, optimizer_param_ids
 
 __all__ = ["LayerFreezer"]
 
-log = logging.getLogger(__name__)
-
 BNMode = Literal["eval", "train"]
-
-# Scheduler attributes holding one entry per param group. The new group gets a copy of the first group's entry,
-# scaled by the lr ratio for learning rates (``_SCALED``; ReduceLROnPlateau's floor too, so the new group stays at
-# `ratio` times the first one), unchanged otherwise (``_COPIED``).
-_SCALED = ("base_lrs", "max_lrs", "min_lrs")
-_COPIED = ("lr_lambdas", "base_momentums", "max_momentums")
 
 
 class LayerFreezer(Callback):
     """Freeze modules before training and unfreeze them at chosen epochs.
 
     Args:
-        freeze: a regex, or a list of them, selecting the modules to freeze by name (DESIGN.md §4 selection rule:
-            ``re.fullmatch`` on the dotted name in ``pl_module.named_modules()``, whole or after dropping leading
-            components, so ``"hidden[1-3]"`` selects ``net.hidden1`` ... ``net.hidden3``). A selected module is
-            frozen with all its submodules: ``requires_grad=False`` and ``grad=None`` on its parameters.
+        freeze: a regex, or a list of them, selecting the modules to freeze by name (the library's selection rule:
+            ``re.fullmatch`` on the dotted name in ``pl_module.named_modules()``, whole or with exactly its first
+            component dropped, so ``"hidden[1-3]"`` selects ``net.hidden1`` ... ``net.hidden3``). A selected module
+            is frozen with all its submodules: ``requires_grad=False`` and ``grad=None`` on its parameters.
         unfreeze: ``{epoch: pattern}``: at the start of (0-based) ``epoch``, unfreeze the frozen modules selected
             by ``pattern`` (a regex or a list of them), e.g. top-down ``{2: "hidden3", 4: "hidden2"}``. Each
             milestone must unfreeze something that is still frozen at that point.
@@ -83,13 +48,30 @@ class LayerFreezer(Callback):
             (``base_lrs``, ``initial_lr``, ``min_lrs``, ``max_lrs``, ...) are the first group's times
             ``unfrozen_lr / lr_0``, ``lr_0`` being the first group's current lr. ``None`` (default): start at
             ``lr_0`` and follow the first group exactly. (When ``lr_0`` is 0, e.g. at the start of a warm-up,
-            the ratio is taken to the first group's ``initial_lr``, or its lr at fit start.)
+            the ratio is taken to the first group's ``initial_lr``, or its lr at fit start.) Schedulers that
+            cannot keep a ratio (``CosineAnnealingLR`` with ``eta_min != 0``, absolute ``piecewise_constant``)
+            are refused at fit start when ``unfrozen_lr`` is set.
 
     Unfrozen parameters that are not in any optimizer yet are added to the first optimizer
     (``trainer.optimizers[0]``) as a param group named ``"unfrozen-epoch{N}"``; its other hyper-parameters come
     from the optimizer's defaults (its constructor arguments). Unfrozen parameters that the optimizer already holds
     (a ``configure_optimizers`` that passes all ``self.parameters()``) simply start receiving gradients; frozen
     ones have ``grad=None``, which every ``torch.optim`` optimizer skips, weight decay included.
+
+    Freezing happens in ``setup``, before the strategy wraps the model and before ``configure_optimizers``, so
+    a ``configure_optimizers`` that keeps only ``requires_grad`` parameters leaves the frozen ones out and DDP
+    registers only the trainable ones (no ``find_unused_parameters=True``). Frozen batch norm is put back in eval
+    mode before every training batch, so validation (or user code calling ``.train()``) cannot release it.
+    Parameters are compared by identity, never by value. Every LR scheduler attached to the optimizer is
+    extended for a new group (``base_lrs``/``lr_lambdas``, ``ReduceLROnPlateau``'s ``min_lrs``, ``CyclicLR``'s
+    ``max_lrs`` and momenta, ``OneCycleLR``'s per-group keys, the children of ``SequentialLR`` and
+    ``ChainedScheduler``).
+
+    Resume: the checkpoint stores which modules are frozen and which milestones were applied (by name); the
+    model is frozen as at the start of the original run, then the milestones are replayed in ``on_fit_start``,
+    before Lightning restores the optimizer and scheduler states, which find the param groups they were saved
+    with. Under DDP, whose reducer cannot register parameters unfrozen after the wrap, this callback averages
+    their gradients itself after backward (only on the micro-batches where DDP synchronizes).
 
     Supported strategies with an ``unfreeze`` schedule: single device and DDP (``"ddp"``, ``"ddp_spawn"``, ...).
     Modules created in ``LightningModule.configure_model`` do not exist yet in ``setup`` and cannot be selected.
@@ -98,7 +80,8 @@ class LayerFreezer(Callback):
         TypeError: ``freeze``/``unfreeze`` of the wrong type, ``unfreeze`` keys that are not integers.
         ValueError: invalid regexes, negative epochs, ``bn`` not in ``{"eval", "train"}``, ``unfrozen_lr <= 0``;
             in ``setup``: patterns selecting no module (the message lists the available ones), a milestone that
-            unfreezes nothing frozen, an unsupported strategy.
+            unfreezes nothing frozen, an unsupported strategy; at fit start: ``unfrozen_lr`` with a scheduler
+            that cannot keep the new group in proportion.
 
     Example:
         >>> import torch, pytorch_lightning as pl
@@ -145,9 +128,8 @@ class LayerFreezer(Callback):
         self._frozen: set[str] = set()  # names of the modules currently frozen (descendants included)
         self._applied: list[dict[str, Any]] = []  # milestones applied so far, in order (see state_dict)
         self._frozen_norms: list[nn.Module] = []
-        self._ddp_synced: set[int] | None = None  # ids of the parameters DDP's reducer syncs; None: not DDP
-        self._unsynced: list[nn.Parameter] = []  # parameters we unfroze that DDP does not sync
-        self._base_lr0: float | torch.Tensor | None = None
+        self._unsynced = UnsyncedGradients()  # parameters we unfroze that DDP does not sync
+        self._base_lr0: Any = None  # the first group's lr at fit start (a float or a tensor)
 
     @classmethod
     def freeze_all_but_head(
@@ -201,8 +183,11 @@ class LayerFreezer(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """``frozen``: module names frozen now; ``unfrozen``: the applied milestones, each with the module names it
-        unfroze, the parameter names of the param group it added (empty when none) and that group's name."""
+        """Return what is frozen and what was unfrozen, by name.
+
+        ``frozen``: the module names frozen now; ``unfrozen``: the applied milestones, each with the module names it
+        unfroze, the parameter names of the param group it added (empty when none) and that group's name.
+        """
         return {
             "frozen": sorted(self._frozen),
             "unfrozen": [
@@ -249,7 +234,7 @@ class LayerFreezer(Callback):
         ):
             raise ValueError(
                 f"`freeze` selects modules without parameters or normalization buffers: "
-                f"{_shorten(sorted(self._frozen))}; select the layers that hold the weights."
+                f"{shorten(sorted(self._frozen), 12)}; select the layers that hold the weights."
             )
         self._validate_schedule(pl_module)
         strategy = trainer.strategy
@@ -265,45 +250,26 @@ class LayerFreezer(Callback):
             param.grad = None
         self._refresh_norms()
         rank_zero_info(
-            f"LayerFreezer: froze {len(params)} parameter tensors in {_shorten(self._top(self._frozen))}"
+            f"LayerFreezer: froze {len(params)} parameter tensors in {shorten(self._top(self._frozen), 12)}"
         )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The strategy has wrapped the model and built the optimizers; optimizer/scheduler states are restored next.
-        model = trainer.strategy.model
-        if isinstance(model, DistributedDataParallel):
-            ignored = model.parameters_to_ignore
-            self._ddp_synced = {
-                id(p) for n, p in pl_module.named_parameters() if p.requires_grad and n not in ignored
-            }
-        else:
-            self._ddp_synced = None
+        self._unsynced.attach(trainer.strategy.model, pl_module)
         if trainer.optimizers:
             group0 = trainer.optimizers[0].param_groups[0]
             self._base_lr0 = group0.get("initial_lr", group0["lr"])
+            if self._schedule and self.unfrozen_lr is not None:
+                for config in trainer.lr_scheduler_configs:
+                    if config.scheduler.optimizer is trainer.optimizers[0]:
+                        _check_scheduler(config.scheduler)
         # Replay the milestones applied before (resume, or a second `fit` with this callback) so the optimizer has
         # the param groups its saved state expects.
         for rec in self._applied:
-            modules = [m for m in rec["modules"] if m in self._frozen]
-            self._unfreeze(pl_module, modules)
+            self._unfreeze(pl_module, [m for m in rec["modules"] if m in self._frozen])
             if rec["group"]:
-                by_name = dict(pl_module.named_parameters())
-                missing = [n for n in rec["group"] if n not in by_name]
-                if missing:
-                    raise RuntimeError(
-                        f"LayerFreezer cannot restore param group {rec['group_name']!r}: the model has no "
-                        f"parameters {_shorten(missing)}."
-                    )
-                params = [by_name[n] for n in rec["group"]]
-                held = _optimizer_param_ids(trainer)
-                if any(id(p) in held for p in params):
-                    raise RuntimeError(
-                        f"LayerFreezer cannot restore param group {rec['group_name']!r}: `configure_optimizers` "
-                        "already put some of its parameters in the optimizer, unlike the run that saved the "
-                        "checkpoint; the optimizer state would not match."
-                    )
-                self._add_group(trainer, params, rec["group"], rec["group_name"])
+                self._restore_group(trainer, pl_module, rec)
         self._refresh_unsynced(pl_module)
 
     @override
@@ -327,12 +293,7 @@ class LayerFreezer(Callback):
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._unsynced:
-            return
-        model = trainer.strategy.model
-        if not isinstance(model, DistributedDataParallel) or not model.require_backward_grad_sync:
-            return  # single process, or a gradient-accumulation micro-batch inside `no_sync`
-        _average_gradients(self._unsynced, model.process_group)
+        self._unsynced.after_backward(trainer.strategy.model)
 
     # --------------------------------------------------------------------------------------------- helpers --
     def _initial_frozen(self, pl_module: nn.Module) -> set[str]:
@@ -362,7 +323,7 @@ class LayerFreezer(Callback):
             if not _owned_parameters(pl_module, selected):
                 pats = self._schedule[epoch]
                 shown = "all" if pats is None else [p.pattern for p in pats]
-                still = _shorten(self._top(frozen)) if frozen else "nothing"
+                still = shorten(self._top(frozen), 12) if frozen else "nothing"
                 raise ValueError(
                     f"`unfreeze[{epoch}]`={shown} unfreezes no frozen parameter: it must select modules frozen "
                     f"by `freeze` and not unfrozen by an earlier milestone. Frozen at epoch {epoch}: {still}."
@@ -372,7 +333,7 @@ class LayerFreezer(Callback):
     def _apply_milestone(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         modules = sorted(self._select_unfreeze(pl_module, epoch, self._frozen))
         params = self._unfreeze(pl_module, modules)
-        held = _optimizer_param_ids(trainer)
+        held = optimizer_param_ids(trainer.optimizers)
         new = [(n, p) for n, p in params if id(p) not in held]
         group_name = f"unfrozen-epoch{epoch}"
         if new and trainer.optimizers:
@@ -393,7 +354,7 @@ class LayerFreezer(Callback):
         self._refresh_unsynced(pl_module)
         where = f" as param group {group_name!r}" if new else ""
         rank_zero_info(
-            f"LayerFreezer: epoch {epoch}: unfroze {_shorten(self._top(set(modules)))} "
+            f"LayerFreezer: epoch {epoch}: unfroze {shorten(self._top(set(modules)), 12)} "
             f"({len(params)} parameter tensors, {len(new)} added to the optimizer{where})"
         )
 
@@ -415,33 +376,38 @@ class LayerFreezer(Callback):
         self._refresh_norms()
         return params
 
+    def _restore_group(self, trainer: pl.Trainer, pl_module: nn.Module, rec: dict[str, Any]) -> None:
+        """Add back the param group a milestone applied before the checkpoint was saved."""
+        by_name = dict(pl_module.named_parameters())
+        missing = [n for n in rec["group"] if n not in by_name]
+        if missing:
+            raise RuntimeError(
+                f"LayerFreezer cannot restore param group {rec['group_name']!r}: the model has no "
+                f"parameters {shorten(missing, 12)}."
+            )
+        params = [by_name[n] for n in rec["group"]]
+        held = optimizer_param_ids(trainer.optimizers)
+        if any(id(p) in held for p in params):
+            raise RuntimeError(
+                f"LayerFreezer cannot restore param group {rec['group_name']!r}: `configure_optimizers` "
+                "already put some of its parameters in the optimizer, unlike the run that saved the "
+                "checkpoint; the optimizer state would not match."
+            )
+        self._add_group(trainer, params, rec["group"], rec["group_name"])
+
     def _add_group(
         self, trainer: pl.Trainer, params: list[nn.Parameter], names: list[str], group_name: str
     ) -> None:
         optimizer = trainer.optimizers[0]
-        group0 = optimizer.param_groups[0]
-        ratio = 1.0
-        if self.unfrozen_lr is not None:
-            reference = float(group0["lr"])
-            if reference <= 0:
-                reference = float(
-                    group0.get("initial_lr", self._base_lr0 if self._base_lr0 is not None else 0.0)
-                )
-            ratio = self.unfrozen_lr / reference if reference > 0 else 1.0
-        lr = _scale(group0["lr"], ratio) if float(group0["lr"]) > 0 or self.unfrozen_lr is None else 0.0
-        group: dict[str, Any] = {"params": params, "name": group_name, "lr": lr}
-        if "param_names" in group0:
-            group["param_names"] = list(names)
-        n_old = len(optimizer.param_groups)
-        optimizer.add_param_group(group)
-        new = optimizer.param_groups[-1]
-        # Keys a scheduler set on the groups (initial_lr, OneCycleLR's max_lr/min_lr/momenta) that defaults lack.
-        for key, value in group0.items():
-            if key not in new:
-                new[key] = _scale(value, ratio) if key.endswith("lr") else value
-        for config in trainer.lr_scheduler_configs:
-            if config.scheduler.optimizer is optimizer:
-                _extend_scheduler(config.scheduler, n_old, ratio, new["lr"])
+        add_param_group(
+            optimizer,
+            params,
+            name=group_name,
+            lr=self.unfrozen_lr,
+            schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
+            param_names=names,
+            fallback_lr=self._base_lr0,
+        )
 
     def _refresh_norms(self) -> None:
         module = self._module
@@ -452,15 +418,8 @@ class LayerFreezer(Callback):
         ]
 
     def _refresh_unsynced(self, pl_module: nn.Module) -> None:
-        if self._ddp_synced is None:
-            self._unsynced = []
-            return
         unfrozen = {m for rec in self._applied for m in rec["modules"]}
-        self._unsynced = [
-            p
-            for _, p in _owned_parameters(pl_module, unfrozen)
-            if p.requires_grad and id(p) not in self._ddp_synced
-        ]
+        self._unsynced.track(p for _, p in _owned_parameters(pl_module, unfrozen))
 
     def _apply_norm_mode(self) -> None:
         if self.bn == "eval":
@@ -509,79 +468,8 @@ def _owner_map(root: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-def _optimizer_param_ids(trainer: pl.Trainer) -> set[int]:
-    return {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
-
-
-def _scale(value: Any, ratio: float) -> Any:
-    if ratio == 1.0:
-        return value.clone() if isinstance(value, torch.Tensor) else value
-    return value * ratio
-
-
-def _extend_scheduler(scheduler: Any, n_old: int, ratio: float, new_lr: Any) -> None:
-    """Give ``scheduler`` (and its children) an entry for the param group just appended to its optimizer."""
-    for child in getattr(scheduler, "_schedulers", None) or []:
-        _extend_scheduler(child, n_old, ratio, new_lr)
-    state = vars(scheduler)
-    for attr in _SCALED + _COPIED:
-        value = state.get(attr)
-        if isinstance(value, list) and len(value) == n_old:
-            value.append(_scale(value[0], ratio) if attr in _SCALED else value[0])
-    last = state.get("_last_lr")
-    if isinstance(last, list) and len(last) == n_old:
-        last.append(_scale(new_lr, 1.0))
-    # Custom schedulers may keep other per-group lists (warmup_lrs, final_lrs, ...): say so rather than guess.
-    unknown = [
-        k
-        for k, v in state.items()
-        if isinstance(v, list)
-        and len(v) == n_old
-        and ("lr" in k.lower() or "momentum" in k.lower())
-        and k not in (*_SCALED, *_COPIED, "_last_lr")
-    ]
-    if unknown:
-        rank_zero_warn(
-            f"LayerFreezer: {type(scheduler).__name__} keeps per-param-group lists {unknown} that LayerFreezer "
-            "does not know how to extend for the new param group; the scheduler may fail or ignore that group."
-        )
-
-
-def _average_gradients(params: Sequence[nn.Parameter], group: Any) -> None:
-    """All-reduce-average the gradients of ``params`` over ``group``, as DDP does for the ones it registered.
-
-    A rank whose parameter has no gradient contributes zeros; a parameter with no gradient on any rank keeps
-    ``grad=None``. One collective for the presence flags, then one per (device, dtype) bucket, in the same
-    parameter order on every rank.
-    """
-    world = dist.get_world_size(group)
-    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
-    dist.all_reduce(present, group=group)
-    anywhere = dict(zip((id(p) for p in params), present.tolist(), strict=True))
-    buckets: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
-    for p in params:
-        if p.grad is not None and p.grad.is_sparse:
-            raise RuntimeError(
-                "LayerFreezer cannot synchronize sparse gradients of unfrozen parameters under DDP."
-            )
-        if anywhere[id(p)]:
-            buckets.setdefault((p.device, p.dtype), []).append(p)
-    for bucket in buckets.values():
-        flat = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
-        )
-        dist.all_reduce(flat, group=group)
-        flat.div_(world)
-        offset = 0
-        for p in bucket:
-            mean = flat[offset : offset + p.numel()].view_as(p)
-            if p.grad is not None:
-                p.grad.copy_(mean)
-            else:
-                p.grad = mean.clone()
-            offset += p.numel()
-
-
-def _shorten(names: Sequence[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+def _check_scheduler(scheduler: Any) -> None:
+    try:
+        check_proportional(scheduler)
+    except ValueError as err:
+        raise ValueError(f"`unfrozen_lr`: {err}") from None

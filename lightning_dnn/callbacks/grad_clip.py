@@ -14,19 +14,13 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_dnn._checks import check_number
+from lightning_dnn._checks import check_bool, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_parameters
 
 __all__ = ["GradientClipping"]
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
-
-
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _check_norm_type(value: Any) -> float:
@@ -169,11 +163,11 @@ class GradientClipping(Callback):
         self.value = None if value is None else check_number("value", value, low=0.0, low_inclusive=False)
         self.norm = None if norm is None else check_number("norm", norm, low=0.0, low_inclusive=False)
         self.norm_type = _check_norm_type(norm_type)
-        self.per_parameter = _check_bool("per_parameter", per_parameter)
+        self.per_parameter = check_bool("per_parameter", per_parameter)
         if self.per_parameter and self.norm is None:
             raise ValueError("`per_parameter=True` clips norms, so it needs `norm`; got `norm=None`.")
-        self.log_norm = _check_bool("log_norm", log_norm)
-        self.skip_nonfinite = _check_bool("skip_nonfinite", skip_nonfinite)
+        self.log_norm = check_bool("log_norm", log_norm)
+        self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
         self._patterns = None if pattern is None else compile_patterns("pattern", pattern)
         self.pattern = pattern
         suffix = "" if self._patterns is None else "/" + "|".join(p.pattern for p in self._patterns)
@@ -264,13 +258,7 @@ class GradientClipping(Callback):
         grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
         if not grads:
             return
-        for p, g in zip(params, grads, strict=True):
-            if g.is_sparse:
-                name = next((n for n, q in pl_module.named_parameters() if q is p), "?")
-                raise TypeError(
-                    f"GradientClipping does not support sparse gradients (parameter {name!r}); "
-                    "leave its module out of `pattern`."
-                )
+        _refuse_sparse(pl_module, params)
         check_finite = self.skip_nonfinite and getattr(trainer.precision_plugin, "scaler", None) is None
         logging_step = self.log_norm and self._is_logging_step(trainer)
 
@@ -288,20 +276,7 @@ class GradientClipping(Callback):
             self._skip(trainer, optimizer, total)
         else:
             if self.norm is not None and norms is not None and total is not None:
-                if self.per_parameter:
-                    coefs = torch._foreach_add(norms, _EPS)
-                    torch._foreach_reciprocal_(coefs)
-                    torch._foreach_mul_(coefs, self.norm)
-                    torch._foreach_clamp_max_(coefs, 1.0)
-                    _scale_(grads, coefs)
-                elif total_value is None:
-                    _scale_(grads, torch.clamp(self.norm / (total + _EPS), max=1.0))
-                else:
-                    # the total is already on the host: compute clip_grad_norm_'s coefficient there (in float64,
-                    # no kernels), and skip the no-op multiply by exactly 1.0 that most steps would do
-                    coef = self.norm / (total_value + _EPS)
-                    if coef < 1.0:
-                        _scale_(grads, coef)
+                self._clip_norm(self.norm, grads, norms, total, total_value)
             if self.value is not None:
                 torch._foreach_clamp_min_(grads, -self.value)
                 torch._foreach_clamp_max_(grads, self.value)
@@ -311,6 +286,25 @@ class GradientClipping(Callback):
             pl_module.log(
                 self._skipped_key, count, on_step=True, on_epoch=False, logger=bool(trainer.loggers)
             )
+
+    def _clip_norm(
+        self, norm: float, grads: list[Tensor], norms: list[Tensor], total: Tensor, total_value: float | None
+    ) -> None:
+        """Scale ``grads`` to the norm limit: per parameter, or globally like ``clip_grad_norm_``."""
+        if self.per_parameter:
+            coefs = torch._foreach_add(norms, _EPS)
+            torch._foreach_reciprocal_(coefs)
+            torch._foreach_mul_(coefs, norm)
+            torch._foreach_clamp_max_(coefs, 1.0)
+            _scale_(grads, coefs)
+        elif total_value is None:
+            _scale_(grads, torch.clamp(norm / (total + _EPS), max=1.0))
+        else:
+            # the total is already on the host: compute clip_grad_norm_'s coefficient there (in float64, no
+            # kernels), and skip the no-op multiply by exactly 1.0 that most steps would do
+            coef = norm / (total_value + _EPS)
+            if coef < 1.0:
+                _scale_(grads, coef)
 
     def _skip(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, total: Tensor) -> None:
         self._skipped_steps += 1
@@ -331,3 +325,13 @@ class GradientClipping(Callback):
         state = self.__dict__.copy()
         state.update(_selected=None, _per_optimizer={})
         return state
+
+
+def _refuse_sparse(pl_module: nn.Module, params: Sequence[Tensor]) -> None:
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            name = next((n for n, q in pl_module.named_parameters() if q is p), "?")
+            raise TypeError(
+                f"GradientClipping does not support sparse gradients (parameter {name!r}); "
+                "leave its module out of `pattern`."
+            )

@@ -7,10 +7,10 @@ per class, validation split, scaling, flattening, augmentation) and serves batch
 
 from lightning_dnn.data.arrays import ArrayDataModule
 from lightning_dnn.data.base import ClassificationDataModule, DatasetInfo
-from lightning_dnn.data.device_loader import DeviceBatchLoader, EpochSampler
 from lightning_dnn.data.digits import DigitsDataModule
 from lightning_dnn.data.idx import IDXFormatError, read_idx
 from lightning_dnn.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_dnn.loading import DeviceBatchLoader, EpochSampler
 
 __all__ = [
     "ArrayDataModule",

@@ -1,18 +1,18 @@
-"""Per-sample augmentation for the training split: the transform spec and the dataset that applies it."""
+"""Augmentation of the training split: the ``augment`` argument and the transform it builds.
+
+The dataset that applies the transform is :class:`lightning_dnn.loading.TransformDataset`.
+"""
 
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-__all__ = ["AugmentSpec", "TransformDataset", "build_augmentation"]
+__all__ = ["AugmentSpec", "build_augmentation"]
 
 AugmentSpec = Mapping[str, Any] | Callable[[Tensor], Tensor]
 
@@ -66,31 +66,3 @@ def build_augmentation(
         "`augment` must be None, a dict of RandomAffine arguments (e.g. {'degrees': 10, 'translate': 0.1}) "
         f"or a callable transform, got {type(augment).__name__}"
     )
-
-
-class TransformDataset(Dataset[tuple[Tensor, Tensor]]):
-    """``(transform(x[i]), y[i])`` for tensors ``x`` ``[N, *sample_shape]`` and ``y`` ``[N]``.
-
-    Two-dimensional samples ``[H, W]`` get a channel axis for the transform and lose it again; with
-    ``flatten`` the transformed sample is returned as a vector.
-    """
-
-    def __init__(self, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor], *, flatten: bool) -> None:
-        self.x, self.y, self.transform, self.flatten = x, y, transform, flatten
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        sample = self.x[index]
-        shape = sample.shape
-        image = sample.unsqueeze(0) if sample.dim() == 2 else sample
-        out = self.transform(image)
-        if not isinstance(out, Tensor) or out.numel() != math.prod(shape):
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"The `augment` transform must return a tensor of the sample's shape {tuple(shape)}, "
-                f"got {got}"
-            )
-        out = out.reshape(-1) if self.flatten else out.reshape(shape)
-        return out.to(torch.float32), self.y[index]

@@ -80,41 +80,14 @@ class ArrayDataModule(ClassificationDataModule):
             None if x_test is None else _as_array("x_test", x_test),
             None if y_test is None else _labels("y_test", y_test),
         )
-        x_tr, y_tr, x_te, y_te = self._arrays
-        for x_name, x, y_name, y in (("x_train", x_tr, "y_train", y_tr), ("x_test", x_te, "y_test", y_te)):
-            if x is None or y is None:
-                continue
-            if x.ndim < 2:
-                raise ValueError(
-                    f"`{x_name}` must be shaped [N, ...features], got a {x.ndim}-d array of shape "
-                    f"{tuple(x.shape)}; reshape a single feature to [N, 1]"
-                )
-            if len(x) != len(y):
-                raise ValueError(f"`{x_name}` has {len(x)} samples but `{y_name}` has {len(y)} labels")
-            if len(x) == 0:
-                raise ValueError(f"`{x_name}` is empty")
+        x_tr, y_tr, _, y_te = self._arrays
+        _check_pairs(self._arrays)
         sample_shape = tuple(int(d) for d in x_tr.shape[1:])
-        if x_te is not None and tuple(x_te.shape[1:]) != sample_shape:
-            raise ValueError(
-                f"`x_test` samples have shape {tuple(x_te.shape[1:])}, but `x_train` samples have "
-                f"shape {sample_shape}"
-            )
         present = np.unique(np.concatenate([y_tr] + ([y_te] if y_te is not None else [])))
         if present.min() < 0:
             raise ValueError(f"Labels must be >= 0, got {int(present.min())}")
-        size = int(present.max()) + 1
-        if class_names is None:
-            names = tuple(str(i) for i in range(size))
-        else:
-            if isinstance(class_names, str) or len(class_names) < size:
-                raise ValueError(
-                    f"`class_names` must name every label 0..{size - 1} ({size} names), got {class_names!r}"
-                )
-            names = tuple(str(n) for n in class_names)
-        if value_range is not None:
-            if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
-                raise ValueError(f"`value_range` must be (low, high) with low < high, got {value_range!r}")
-            value_range = (float(value_range[0]), float(value_range[1]))
+        names = _class_names(class_names, int(present.max()) + 1)
+        value_range = _value_range(value_range)
         info = DatasetInfo(
             "ArrayDataModule", sample_shape, names, tuple(int(c) for c in present), value_range
         )
@@ -161,3 +134,41 @@ def _labels(name: str, y: Any) -> np.ndarray:
         if not np.issubdtype(y_np.dtype, np.floating) or not np.all(np.mod(y_np, 1) == 0):
             raise TypeError(f"`{name}` must hold integer class labels, got dtype {y_np.dtype}")
     return y_np.astype(np.int64)
+
+
+def _check_pairs(arrays: tuple[Any, Any, Any, Any]) -> None:
+    """Check each (x, y) pair: [N, ...] samples, as many labels as samples, not empty, same sample shapes."""
+    x_tr, y_tr, x_te, y_te = arrays
+    for x_name, x, y_name, y in (("x_train", x_tr, "y_train", y_tr), ("x_test", x_te, "y_test", y_te)):
+        if x is None or y is None:
+            continue
+        if x.ndim < 2:
+            raise ValueError(
+                f"`{x_name}` must be shaped [N, ...features], got a {x.ndim}-d array of shape "
+                f"{tuple(x.shape)}; reshape a single feature to [N, 1]"
+            )
+        if len(x) != len(y):
+            raise ValueError(f"`{x_name}` has {len(x)} samples but `{y_name}` has {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError(f"`{x_name}` is empty")
+    if x_te is not None and tuple(x_te.shape[1:]) != tuple(x_tr.shape[1:]):
+        raise ValueError(
+            f"`x_test` samples have shape {tuple(x_te.shape[1:])}, but `x_train` samples have "
+            f"shape {tuple(int(d) for d in x_tr.shape[1:])}"
+        )
+
+
+def _class_names(class_names: Sequence[str] | None, size: int) -> tuple[str, ...]:
+    if class_names is None:
+        return tuple(str(i) for i in range(size))
+    if isinstance(class_names, str) or len(class_names) < size:
+        raise ValueError(f"`class_names` must name every label 0..{size - 1} ({size} names), got {class_names!r}")
+    return tuple(str(n) for n in class_names)
+
+
+def _value_range(value_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
+        raise ValueError(f"`value_range` must be (low, high) with low < high, got {value_range!r}")
+    return (float(value_range[0]), float(value_range[1]))

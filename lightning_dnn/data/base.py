@@ -17,10 +17,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
-from lightning_dnn._checks import check_choice, check_int, check_number
-from lightning_dnn.data._augment import AugmentSpec, TransformDataset, build_augmentation
+from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
+from lightning_dnn.data._augment import AugmentSpec, build_augmentation
 from lightning_dnn.data._splits import remap_classes, sample_per_class, stratified_holdout
-from lightning_dnn.data.device_loader import DeviceBatchLoader, EpochSampler
+from lightning_dnn.loading import DeviceBatchLoader, EpochSampler, TransformDataset
 
 __all__ = ["ClassificationDataModule", "DatasetInfo", "Split"]
 
@@ -155,19 +155,19 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         )
         self.val_split = self._check_val_split(val_split)
         self.scaling = None if scaling is None else check_choice("scaling", scaling, _SCALINGS)
-        self.flatten = _check_bool("flatten", flatten)
+        self.flatten = check_bool("flatten", flatten)
         self.seed = check_int("seed", seed, low=0)
         if device_resident is not None:
-            _check_bool("device_resident", device_resident)
+            check_bool("device_resident", device_resident)
         if device_resident is True and augment is not None:
             raise ValueError(
                 "`device_resident=True` cannot be combined with `augment`: augmentation runs per sample in a "
                 "DataLoader. Leave device_resident=None (validation/test stay device-resident) or drop augment."
             )
         self.device_resident = device_resident
-        self.drop_last = _check_bool("drop_last", drop_last)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.num_workers = check_int("num_workers", num_workers, low=0)
-        self.pin_memory = _check_bool("pin_memory", pin_memory)
+        self.pin_memory = check_bool("pin_memory", pin_memory)
         self.augment = augment
         self._transform = build_augmentation(augment, info.sample_shape)
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
@@ -492,9 +492,3 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
-
-
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be a bool, got {type(value).__name__} {value!r}")
-    return value

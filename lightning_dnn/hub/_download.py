@@ -13,11 +13,22 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from lightning_dnn._version import __version__
 from lightning_dnn.hub._distributed import rank_zero_first
 from lightning_dnn.hub._io import (
     CONFIG_NAME,
@@ -27,11 +38,10 @@ from lightning_dnn.hub._io import (
     sha256_file,
     unsafe_weights_message,
 )
+from lightning_dnn.hub._names import COMMIT
 from lightning_dnn.hub.errors import ChecksumMismatchError, HubDownloadError, UnsafeWeightsError
 
 log = logging.getLogger(__name__)
-
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def fetch_repo_folder(
@@ -131,11 +141,6 @@ def _download(
     cache_dir: str | None,
     local_files_only: bool,
 ) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HFValidationError
-
-    import lightning_dnn
-
     try:
         return Path(
             hf_hub_download(
@@ -147,7 +152,7 @@ def _download(
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
                 library_name=LIBRARY_NAME,
-                library_version=lightning_dnn.__version__,
+                library_version=__version__,
             )
         )
     except HFValidationError as err:
@@ -168,8 +173,6 @@ def _refuse_pickle_only_repo(
     repo_id: str, revision: str | None, *, endpoint: str | None, token: str | bool | None, offline: bool
 ) -> None:
     """Raise UnsafeWeightsError when the repo offers weights only as pickle files (best effort, online only)."""
-    from huggingface_hub import HfApi, constants
-
     if offline or constants.HF_HUB_OFFLINE:
         return
     try:
@@ -195,15 +198,6 @@ def _download_error(
     endpoint: str | None,
     cache_dir: str | None,
 ) -> HubDownloadError:
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     if isinstance(err, RevisionNotFoundError):
         reason = "the revision does not exist in the repo"
     elif isinstance(err, RepositoryNotFoundError):
@@ -247,8 +241,6 @@ def _download_error(
 
 def _download_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean "this download failed" across huggingface_hub versions."""
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-
     classes: list[type[BaseException]] = [HfHubHTTPError, EntryNotFoundError, OSError]
     for module, attr in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
         try:
@@ -262,7 +254,7 @@ def _download_errors() -> tuple[type[BaseException], ...]:
 def _commit_of(path: Path) -> str | None:
     """The commit sha of a file in ``.../snapshots/<commit>/<file>``, if it lies there."""
     commit = path.parent.name
-    return commit if path.parent.parent.name == "snapshots" and _COMMIT.fullmatch(commit) else None
+    return commit if path.parent.parent.name == "snapshots" and COMMIT.fullmatch(commit) else None
 
 
 def _remove_cached(path: Path) -> list[str]:
@@ -277,8 +269,6 @@ def _remove_cached(path: Path) -> list[str]:
 
 
 def _endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
     return endpoint or constants.ENDPOINT
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_dnn._checks import unknown_name_error
+from lightning_dnn._registry import available, lookup, register
+from lightning_dnn._specs import network_config
 from lightning_dnn.nn.convnet import ConvNet
 from lightning_dnn.nn.mlp import MLP
 
@@ -24,6 +25,7 @@ __all__ = [
     "architecture_of",
     "available_architectures",
     "get_architecture",
+    "lower_blocks",
     "register_architecture",
 ]
 
@@ -60,21 +62,17 @@ class ArchitectureSpec:
         return net
 
     def config_of(self, net: nn.Module) -> dict[str, Any]:
-        """Return ``net.config`` as a plain dict.
+        """Return ``net.config`` as a plain JSON-able dict (the same reading as ``DNNClassifier``'s checkpoints).
 
         Raises:
-            TypeError: if ``config`` is not a mapping.
+            TypeError: if ``config`` is not a mapping or not JSON-able.
         """
-        config = net.config
-        if not isinstance(config, Mapping):
-            raise TypeError(f"{type(net).__name__}.config must be a mapping, got {type(config).__name__}")
-        return dict(config)
+        return network_config(net)
 
 
-_REGISTRY: dict[str, ArchitectureSpec] = {
-    "ConvNet": ArchitectureSpec("ConvNet", ConvNet),
-    "MLP": ArchitectureSpec("MLP", MLP),
-}
+_REGISTRY: dict[str, ArchitectureSpec] = {}
+register(_REGISTRY, "architecture", ArchitectureSpec("ConvNet", ConvNet))
+register(_REGISTRY, "architecture", ArchitectureSpec("MLP", MLP))
 
 
 def register_architecture(name: str, cls: type[nn.Module]) -> ArchitectureSpec:
@@ -98,7 +96,7 @@ def register_architecture(name: str, cls: type[nn.Module]) -> ArchitectureSpec:
         >>> register_architecture("MLP", MLP)
         Traceback (most recent call last):
             ...
-        ValueError: Architecture 'MLP' is already registered (lightning_dnn.nn.mlp.MLP); pick another name
+        ValueError: Architecture 'MLP' is already registered (ArchitectureSpec(...)); pick another name
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"`name` must be a non-empty string, got {type(name).__name__} {name!r}")
@@ -110,18 +108,10 @@ def register_architecture(name: str, cls: type[nn.Module]) -> ArchitectureSpec:
             f"`cls` {cls.__qualname__} must define a `config` property and a `from_config(config)` classmethod; "
             f"it lacks {missing or ['a callable from_config']}"
         )
-    if name in _REGISTRY:
-        known = _REGISTRY[name].cls
-        raise ValueError(
-            f"Architecture {name!r} is already registered ({known.__module__}.{known.__qualname__}); "
-            "pick another name"
-        )
     for spec in _REGISTRY.values():
-        if spec.cls is cls:
+        if spec.cls is cls and spec.name != name:  # the same name is refused by `register`, with the spec
             raise ValueError(f"{cls.__qualname__} is already registered as {spec.name!r}")
-    spec = ArchitectureSpec(name, cls)
-    _REGISTRY[name] = spec
-    return spec
+    return register(_REGISTRY, "architecture", ArchitectureSpec(name, cls))
 
 
 def available_architectures() -> tuple[str, ...]:
@@ -131,7 +121,7 @@ def available_architectures() -> tuple[str, ...]:
         >>> available_architectures()
         ('ConvNet', 'MLP')
     """
-    return tuple(sorted(_REGISTRY))
+    return available(_REGISTRY)
 
 
 def get_architecture(name: str) -> ArchitectureSpec:
@@ -149,17 +139,7 @@ def get_architecture(name: str) -> ArchitectureSpec:
             ...
         ValueError: Unknown architecture 'MPL'. Did you mean 'MLP'? Valid names: ConvNet, MLP.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"`architecture` must be a string, got {type(name).__name__} {name!r}")
-    if name not in _REGISTRY:
-        same_letters = [n for n in _REGISTRY if n.lower() == name.lower()]
-        if same_letters:  # difflib's close matches are case-sensitive
-            raise ValueError(
-                f"Unknown architecture {name!r}. Did you mean {same_letters[0]!r}? "
-                f"Valid names: {', '.join(sorted(_REGISTRY))}."
-            )
-        raise unknown_name_error("architecture", name, _REGISTRY)
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, "architecture", name, arg="architecture")
 
 
 def architecture_of(net: nn.Module) -> ArchitectureSpec:
@@ -185,3 +165,29 @@ def architecture_of(net: nn.Module) -> ArchitectureSpec:
         "Register a class that has `config` and `from_config` with "
         "lightning_dnn.hub.register_architecture(name, cls)."
     )
+
+
+def lower_blocks(net: nn.Module) -> tuple[str, ...]:
+    """Name the network's lower blocks: its top-level children that hold parameters, except the head (the last).
+
+    These are the layers worth reusing under a new head, e.g. ``load_pretrained(..., include=..., into=new_net)``;
+    the names come from ``net.named_children()``, so they are the names the selection rule matches.
+
+    Args:
+        net: any network; its head is the last top-level child that holds parameters.
+
+    Returns:
+        the names, in the order of ``named_children()`` (empty when the network has fewer than two such children).
+
+    Raises:
+        TypeError: if ``net`` is not an ``nn.Module``.
+
+    Example:
+        >>> from lightning_dnn.nn import ConvNet
+        >>> lower_blocks(MLP(4, (8, 8, 8), 2)), lower_blocks(ConvNet(1, (8, 16), 10))
+        (('hidden1', 'hidden2', 'hidden3'), ('conv1', 'conv2'))
+    """
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"`net` must be an nn.Module, got {type(net).__name__}")
+    with_parameters = [name for name, child in net.named_children() if any(True for _ in child.parameters())]
+    return tuple(with_parameters[:-1])

@@ -25,8 +25,8 @@ class StrictLoadError(RuntimeError):
 
     Args:
         message: the full explanation (every problematic name is listed).
-        report: the :class:`~lightning_dnn.hub.partial.LoadReport` computed before anything was copied (an empty
-            one when not given).
+        report: the :class:`~lightning_dnn.hub.partial.LoadReport` computed before anything was copied (the
+            library always gives it; ``None`` only for an error constructed without one).
 
     Example:
         >>> from lightning_dnn.hub.partial import LoadReport
@@ -36,12 +36,10 @@ class StrictLoadError(RuntimeError):
     """
 
     def __init__(self, message: str, report: LoadReport | None = None) -> None:
-        # `report` has a default so the exception pickles (BaseException re-creates it from `args` only).
+        """Keep ``message`` and ``report``."""
+        # `report` has a default so the exception pickles (BaseException re-creates it from `args` only, then
+        # restores `report` from the instance's __dict__).
         super().__init__(message)
-        if report is None:
-            from lightning_dnn.hub.partial import LoadReport
-
-            report = LoadReport()
         self.report = report
 
 
@@ -58,6 +56,7 @@ class UnsafeWeightsError(ValueError):
     """
 
     def __init__(self, message: str, files: list[str] | None = None) -> None:
+        """Keep ``message`` and the refused ``files``."""
         super().__init__(message)
         self.files = list(files or [])
 
@@ -89,6 +88,7 @@ class HubDownloadError(OSError):
         endpoint: str | None = None,
         cached: bool | None = None,
     ) -> None:
+        """Keep ``message`` and the fields that say what failed where."""
         super().__init__(message)
         self.repo_id = repo_id
         self.filename = filename
@@ -99,9 +99,11 @@ class HubDownloadError(OSError):
     # `filename` is also OSError's own attribute, which would make OSError format "[Errno None] None: ..."
     # and pickle errno-style arguments; keep our message and our fields explicit.
     def __str__(self) -> str:
+        """The message, without OSError's errno formatting."""
         return str(self.args[0]) if self.args else ""
 
     def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the message and every field (``filename`` included)."""
         state = {**self.__dict__, "filename": self.filename}
         return (type(self), (str(self),), state)
 

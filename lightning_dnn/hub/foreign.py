@@ -103,6 +103,21 @@ def load_foreign_arrays(
     layout = check_choice("layout", layout, ("tf", "torch"))  # type: ignore[assignment]
     if not isinstance(strict, bool):
         raise TypeError(f"`strict` must be a bool, got {type(strict).__name__} {strict!r}")
+    _check_name_map(name_map)
+    arrays = read_foreign_arrays(source)
+    report, pairs, details = _plan_foreign_load(net, arrays, name_map, layout)
+    if not report.ok:
+        text = _problems(report, details, arrays, type(net).__name__)
+        if strict:
+            raise StrictLoadError(
+                f"Foreign weights do not fit {type(net).__name__}; nothing was copied.\n{text}", report
+            )
+        _rank_zero_warn(f"Foreign weights partly loaded (strict=False): {len(report.loaded)} copied.\n{text}")
+    _copy_pairs(pairs)
+    return report
+
+
+def _check_name_map(name_map: object) -> None:
     if not isinstance(name_map, Mapping) or not name_map:
         raise TypeError(
             f"`name_map` must be a non-empty mapping file name -> parameter name, got {name_map!r}"
@@ -115,7 +130,11 @@ def load_foreign_arrays(
     if duplicates:
         raise ValueError(f"`name_map` maps several arrays onto {duplicates}")
 
-    arrays = read_foreign_arrays(source)
+
+def _plan_foreign_load(
+    net: nn.Module, arrays: Mapping[str, np.ndarray], name_map: Mapping[str, str], layout: Layout
+) -> tuple[LoadReport, list[tuple[Tensor, Tensor]], list[str]]:
+    """Compare without copying: the report, the ``(destination, source)`` pairs and the mismatch details."""
     state = dict(net.state_dict(keep_vars=True))
     owners = _owners(net)
     report = LoadReport(skipped=[n for n in arrays if n not in name_map])
@@ -128,8 +147,7 @@ def load_foreign_arrays(
         if ours not in state:
             report.unexpected.append(ours)
             continue
-        array = arrays[file_name]
-        target = state[ours]
+        array, target = arrays[file_name], state[ours]
         converted = _convert(array, owners.get(ours), ours, layout)
         if tuple(converted.shape) != tuple(target.shape):
             report.mismatched.append((ours, tuple(converted.shape), tuple(target.shape)))
@@ -140,27 +158,20 @@ def load_foreign_arrays(
             continue
         report.loaded.append(ours)
         pairs.append((target, converted))
+    return report, pairs, details
 
-    if not report.ok:
-        lines = []
-        if report.missing:
-            lines.append(f"not in the file ({len(report.missing)}): {', '.join(report.missing)}")
-        if report.unexpected:
-            lines.append(
-                f"not in {type(net).__name__} ({len(report.unexpected)}): {', '.join(report.unexpected)}"
-            )
-        if details:
-            lines.append(f"shape mismatch ({len(details)}): {'; '.join(details)}")
-        lines.append(f"unmapped file arrays ({len(report.skipped)}): {', '.join(report.skipped) or '(none)'}")
-        lines.append(f"available file arrays: {', '.join(arrays) or '(none)'}")
-        text = "\n".join(lines)
-        if strict:
-            raise StrictLoadError(
-                f"Foreign weights do not fit {type(net).__name__}; nothing was copied.\n{text}", report
-            )
-        _rank_zero_warn(f"Foreign weights partly loaded (strict=False): {len(report.loaded)} copied.\n{text}")
-    _copy_pairs(pairs)
-    return report
+
+def _problems(report: LoadReport, details: list[str], arrays: Mapping[str, np.ndarray], net_name: str) -> str:
+    lines = []
+    if report.missing:
+        lines.append(f"not in the file ({len(report.missing)}): {', '.join(report.missing)}")
+    if report.unexpected:
+        lines.append(f"not in {net_name} ({len(report.unexpected)}): {', '.join(report.unexpected)}")
+    if details:
+        lines.append(f"shape mismatch ({len(details)}): {'; '.join(details)}")
+    lines.append(f"unmapped file arrays ({len(report.skipped)}): {', '.join(report.skipped) or '(none)'}")
+    lines.append(f"available file arrays: {', '.join(arrays) or '(none)'}")
+    return "\n".join(lines)
 
 
 def read_foreign_arrays(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from lightning_dnn.hub._io import (
     read_config,
     unsafe_weights_message,
 )
+from lightning_dnn.hub._names import REPO_ID
 from lightning_dnn.hub.architectures import get_architecture
 from lightning_dnn.hub.errors import UnsafeWeightsError
 from lightning_dnn.hub.partial import (
@@ -46,6 +46,7 @@ from lightning_dnn.hub.partial import (
     _enforce_strictness,
     _plan_partial_load,
 )
+from lightning_dnn.hub.zoo import resolve_zoo
 
 __all__ = ["load_pretrained", "resolve_source"]
 
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf://"
 ZOO_PREFIX = "zoo:"
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def load_pretrained(
@@ -74,7 +74,7 @@ def load_pretrained(
     """Build a network from ``source`` (or take ``into``) and load the selected tensors into it by name.
 
     Selection and strictness follow :func:`~lightning_dnn.hub.partial.load_state_dict_partial`: ``rename``
-    maps prefixes of the file's names, then ``include``/``exclude`` select names with ``re.match`` on both sides
+    maps prefixes of the file's names, then ``include``/``exclude`` select names by the library's selection rule
     (``include="hidden[123]"`` takes ``hidden1.*`` to ``hidden3.*``); with ``strict=True`` anything missing,
     unexpected or shape-mismatched in the selection raises :class:`~lightning_dnn.hub.StrictLoadError` with the
     full list, and nothing is copied.
@@ -116,7 +116,7 @@ def load_pretrained(
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = save_pretrained(trained, tmp)
         ...     net, report = load_pretrained(tmp)
-        ...     head_swapped, partial = load_pretrained(tmp, include="hidden", into=MLP(8, (6, 4), 5))
+        ...     head_swapped, partial = load_pretrained(tmp, include="hidden[12]", into=MLP(8, (6, 4), 5))
         >>> torch.equal(net(x), trained(x))
         True
         >>> partial.loaded[:2], partial.skipped
@@ -211,7 +211,7 @@ def resolve_source(
     folder = Path(source)
     if not folder.is_dir():
         hint = ""
-        if isinstance(source, str) and _REPO_ID.fullmatch(source):
+        if isinstance(source, str) and REPO_ID.fullmatch(source):
             hint = f" For a Hub repo write 'hf://{source}'."
         raise FileNotFoundError(f"`source` {str(source)!r} is not an existing folder.{hint}")
     _check_local_folder(folder)
@@ -221,7 +221,7 @@ def resolve_source(
 def _parse_hf(source: str, revision: str | None) -> tuple[str, str | None]:
     rest = source[len(HF_PREFIX) :]
     repo_id, sep, rev = rest.partition("@")
-    if not _REPO_ID.fullmatch(repo_id):
+    if not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"`source`={source!r}: expected 'hf://org/name' or 'hf://org/name@revision'")
     if sep and not rev:
         raise ValueError(f"`source`={source!r} has an empty revision after '@'")
@@ -242,8 +242,6 @@ def _resolve_zoo_source(
     cache_dir: str | os.PathLike[str] | None,
     local_files_only: bool,
 ) -> tuple[Path, str]:
-    from lightning_dnn.hub.zoo import resolve_zoo
-
     name = source[len(ZOO_PREFIX) :]
     repo_id, pinned, hashes, local = resolve_zoo(name)
     if revision is not None and revision != pinned:

@@ -1,14 +1,15 @@
-"""Load a selection of named tensors into a network, with a report of what happened to every name.
+r"""Load a selection of named tensors into a network, with a report of what happened to every name.
 
 This is the chapter's layer reuse (``hidden[123]`` of a trained network into a new one with a new head) done by
 name:
 
 1. ``rename`` maps prefixes of the file's names to the target's names (longest prefix first), so
    ``{"hidden": "encoder.hidden"}`` turns ``hidden1.linear.weight`` into ``encoder.hidden1.linear.weight``;
-2. ``include``/``exclude`` select names with ``re.match`` (a match at the start of the name) on the renamed
-   file names and on the target's ``state_dict`` names (parameters and persistent buffers): ``include="hidden[123]"``
-   selects ``hidden1.*``, ``hidden2.*`` and ``hidden3.*`` (and, being a prefix match, ``hidden10.*``; write
-   ``r"hidden[123]\\."`` to exclude it);
+2. ``include``/``exclude`` follow the library's one selection rule on the renamed file names and on the
+   target's ``state_dict`` names (parameters and persistent buffers), relative to the network loaded into: a
+   pattern ``re.fullmatch``-es a module's dotted name (selecting all its tensors) or a tensor's name, so
+   ``include="hidden[123]"`` selects ``hidden1.*``, ``hidden2.*`` and ``hidden3.*`` but never ``hidden10.*``, and
+   ``include=r"output\.linear\.weight"`` selects that one tensor;
 3. every selected name is then *loaded* (present on both sides with the same shape), *missing* (in the target
    only), *unexpected* (in the file only) or *mismatched* (shapes differ). File names outside the selection are
    *skipped*. Target names outside the selection are left as they are.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_dnn._selection import Patterns, compile_patterns
+from lightning_dnn._selection import Patterns, compile_patterns, select_tensor_names
 from lightning_dnn.hub.errors import StrictLoadError
 
 __all__ = ["LoadReport", "load_state_dict_partial"]
@@ -126,9 +127,9 @@ def load_state_dict_partial(
     Args:
         target: the network to load into (its parameters and persistent buffers are the target names).
         state_dict: name -> tensor, e.g. read from ``model.safetensors``.
-        include: regex or list of regexes; a name is selected when one matches it with ``re.match``.
-            ``None`` selects everything. Each pattern must match at least one file or target name.
-        exclude: regex or list of regexes removing names from the selection (``re.match``).
+        include: regex or list of regexes; a name is selected when a pattern ``re.fullmatch``-es it or the name
+            of a module holding it. ``None`` selects everything. Each pattern must select a file or target name.
+        exclude: regex or list of regexes removing names from the selection (same rule).
         rename: old prefix -> new prefix, applied to the file's names before selection (longest prefix first).
         strict: raise on any missing, unexpected or mismatched name (copying nothing); otherwise warn and copy
             what fits.
@@ -173,23 +174,16 @@ def _plan_partial_load(
         raise TypeError(f"`target` must be an nn.Module, got {type(target).__name__}")
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"`state_dict` must be a mapping of name -> tensor, got {type(state_dict).__name__}")
-    includes = compile_patterns("include", include) if include is not None else None
-    excludes = compile_patterns("exclude", exclude) if exclude is not None else []
     file_tensors = _apply_rename(state_dict, rename)
     target_tensors: dict[str, Tensor] = dict(target.state_dict(keep_vars=True))
 
-    for arg, patterns in (("include", includes or []), ("exclude", excludes)):
-        for pattern in patterns:
-            if not any(pattern.match(n) for n in (*file_tensors, *target_tensors)):
-                raise ValueError(
-                    f"`{arg}` pattern {pattern.pattern!r} matches no name (re.match at the start of the name). "
-                    f"File names: {_shorten(file_tensors)}. Target names: {_shorten(target_tensors)}."
-                )
+    names = list(dict.fromkeys([*file_tensors, *target_tensors]))
+    chosen = set(names if include is None else select_tensor_names(names, include, arg="include"))
+    if exclude is not None:
+        chosen -= set(select_tensor_names(names, exclude, arg="exclude"))
 
     def selected(name: str) -> bool:
-        if includes is not None and not any(p.match(name) for p in includes):
-            return False
-        return not any(p.match(name) for p in excludes)
+        return name in chosen
 
     report = LoadReport()
     pairs: list[tuple[Tensor, Tensor]] = []

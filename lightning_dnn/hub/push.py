@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from torch import nn
 
+from lightning_dnn._version import __version__
 from lightning_dnn.hub._card import check_card, render_model_card
 from lightning_dnn.hub._io import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, read_config
-from lightning_dnn.hub.load import _REPO_ID
+from lightning_dnn.hub._names import REPO_ID
 from lightning_dnn.hub.save import save_pretrained
-
-if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
 
 __all__ = ["push_to_hub"]
 
@@ -75,31 +75,22 @@ def push_to_hub(
             ...
         ValueError: `repo_id` must look like 'org/name', got 'not a repo id'
     """
-    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
-        raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}")
-    if revision is not None and (not isinstance(revision, str) or not revision.strip() or " " in revision):
-        raise ValueError(f"`revision` must be a branch name or None, got {revision!r}")
-    if private is not None and not isinstance(private, bool):
-        raise TypeError(f"`private` must be a bool or None, got {type(private).__name__} {private!r}")
-    if not isinstance(create_pr, bool):
-        raise TypeError(f"`create_pr` must be a bool, got {type(create_pr).__name__} {create_pr!r}")
-    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
-        raise ValueError(f"`commit_message` must be a non-empty string or None, got {commit_message!r}")
-    if endpoint is not None and not isinstance(endpoint, str):
-        raise TypeError(
-            f"`endpoint` must be a URL string or None, got {type(endpoint).__name__} {endpoint!r}"
-        )
+    _check_push_arguments(repo_id, revision, private, create_pr, commit_message, endpoint)
     card = check_card(card)
+    upload = partial(
+        _upload,
+        repo_id=repo_id,
+        revision=revision,
+        private=private,
+        token=token,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        endpoint=endpoint,
+    )
     if isinstance(directory_or_net, nn.Module):
-        if isinstance(card, dict):
-            card = {"repo_id": repo_id, **card}
-        elif card is None:
-            card = {"repo_id": repo_id}
         with tempfile.TemporaryDirectory(prefix="lightning-dnn-push-") as tmp:
-            folder = save_pretrained(directory_or_net, Path(tmp) / "model", card=card)
-            return _upload(
-                folder, None, repo_id, revision, private, token, commit_message, create_pr, endpoint
-            )
+            folder = save_pretrained(directory_or_net, Path(tmp) / "model", card=_naming(card, repo_id))
+            return upload(folder, None)
     if not isinstance(directory_or_net, str | os.PathLike):
         raise TypeError(
             f"`directory_or_net` must be a folder path or an nn.Module, got {type(directory_or_net).__name__}"
@@ -114,17 +105,45 @@ def push_to_hub(
         )
     readme: bytes | None = None
     if card is not None or not (folder / CARD_NAME).is_file():
-        if isinstance(card, dict):
-            card = {"repo_id": repo_id, **card}
-        elif card is None:
-            card = {"repo_id": repo_id}
-        readme = render_model_card(document, card).encode("utf-8")
-    return _upload(folder, readme, repo_id, revision, private, token, commit_message, create_pr, endpoint)
+        readme = render_model_card(document, _naming(card, repo_id)).encode("utf-8")
+    return upload(folder, readme)
+
+
+def _check_push_arguments(
+    repo_id: object,
+    revision: object,
+    private: object,
+    create_pr: object,
+    commit_message: object,
+    endpoint: object,
+) -> None:
+    if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
+        raise ValueError(f"`repo_id` must look like 'org/name', got {repo_id!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip() or " " in revision):
+        raise ValueError(f"`revision` must be a branch name or None, got {revision!r}")
+    if private is not None and not isinstance(private, bool):
+        raise TypeError(f"`private` must be a bool or None, got {type(private).__name__} {private!r}")
+    if not isinstance(create_pr, bool):
+        raise TypeError(f"`create_pr` must be a bool, got {type(create_pr).__name__} {create_pr!r}")
+    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+        raise ValueError(f"`commit_message` must be a non-empty string or None, got {commit_message!r}")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(
+            f"`endpoint` must be a URL string or None, got {type(endpoint).__name__} {endpoint!r}"
+        )
+
+
+def _naming(card: str | dict[str, Any] | None, repo_id: str) -> str | dict[str, Any]:
+    """The card options with ``repo_id`` (for the loading snippet) unless the card sets it or is a full text."""
+    if isinstance(card, str):
+        return card
+    return {"repo_id": repo_id, **(card or {})}
 
 
 def _upload(
     folder: Path,
     readme: bytes | None,
+    *,
     repo_id: str,
     revision: str | None,
     private: bool | None,
@@ -133,13 +152,9 @@ def _upload(
     create_pr: bool,
     endpoint: str | None,
 ) -> CommitInfo:
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    import lightning_dnn
-
     document = read_config(folder / CONFIG_NAME)
     message = (
-        commit_message or f"Upload {document['architecture']} (lightning-dnn {lightning_dnn.__version__})"
+        commit_message or f"Upload {document['architecture']} (lightning-dnn {__version__})"
     )
     operations = []
     for name in HUB_FILES:

@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from lightning_dnn._version import __version__
 from lightning_dnn.hub._card import check_card, render_model_card
 from lightning_dnn.hub._io import (
     CARD_NAME,
@@ -62,7 +63,8 @@ def save_pretrained(
             ``repo_id`` (used in the card's loading snippet) to adjust the generated one, or a full README text
             (front matter is generated when it does not start with ``---``).
         metadata: JSON-able facts stored in ``config.json`` and shown in the card. Known keys: ``dataset``
-            (str), ``classes`` (list of class names), ``metrics`` (name -> number), ``license`` (str).
+            (str), ``classes`` (list of class names), ``metrics`` (name -> number), ``license`` (str); the zoo
+            build adds ``labels``, ``training`` and ``zoo_name``, which the card shows too.
 
     Returns:
         the folder's path.
@@ -91,7 +93,7 @@ def save_pretrained(
     card = check_card(card)
     document = build_config_document(net, metadata)
     text = _dumps(document, "the network's config and `metadata`")
-    readme = render_model_card(document, card)
+    readme = render_model_card(document, card, net=net)
     tensors = tensors_for_saving(net)
     return write_folder_atomically(
         Path(directory),
@@ -112,12 +114,10 @@ def build_config_document(net: nn.Module, metadata: Mapping[str, Any] | None) ->
         >>> doc["library"], doc["architecture"], doc["config"]["hidden"], doc["metadata"]
         ('lightning-dnn', 'MLP', [3], {'dataset': 'digits'})
     """
-    import lightning_dnn  # at call time: the package's __init__ may import this module
-
     spec = architecture_of(net)
     return {
         "library": LIBRARY_NAME,
-        "library_version": lightning_dnn.__version__,
+        "library_version": __version__,
         "architecture": spec.name,
         "config": spec.config_of(net),
         "metadata": _check_metadata(metadata),

@@ -1,7 +1,8 @@
 """The zoo index: ``zoo:name`` -> a Hub repo at a pinned commit, with the sha256 of each file.
 
-The index is a JSON file (``zoo/index.json`` at the repository root; the ``LIGHTNING_DNN_ZOO_INDEX``
-environment variable points elsewhere)::
+The index ships inside the package (``lightning_dnn/hub/zoo_index.json``, a copy of the repository's
+``zoo/index.json`` that ``lightning-dnn zoo build|publish`` keep identical), so ``zoo:`` names resolve after a plain
+``pip install``. The ``LIGHTNING_DNN_ZOO_INDEX`` environment variable points the loader at another index file::
 
     {"models": {"digits-mlp": {"repo_id": "lightning-dnn/digits-mlp",
                                "revision": "<40-hex commit sha>",
@@ -10,16 +11,18 @@ environment variable points elsewhere)::
                                "metrics": {"test_accuracy": 0.97}, "license": "apache-2.0",
                                "path": "zoo/digits-mlp"}}}
 
-``path`` (optional) is the entry's Hub-format folder relative to the folder that holds ``zoo/`` (the index's
-grandparent); when that folder exists and its files have the pinned hashes, ``load_pretrained("zoo:name")``
-serves it offline. Otherwise the files come from the Hub at the pinned revision and are verified after download.
+``path`` (optional) is the entry's Hub-format folder relative to the repository root: the folder that holds
+``zoo/`` for an index file, and the folder that holds the ``lightning_dnn`` package for the packaged index. In a
+clone (or an editable install) that folder exists, and when its files have the pinned hashes
+``load_pretrained("zoo:name")`` serves it without any network access. After a wheel install it does not exist,
+and the files come through huggingface_hub from the Hub repo at the pinned revision (``HF_ENDPOINT``, its cache,
+``HF_HUB_OFFLINE``), verified after download.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +30,24 @@ from typing import Any
 
 from lightning_dnn._checks import unknown_name_error
 from lightning_dnn.hub._io import CONFIG_NAME, WEIGHTS_NAME
+from lightning_dnn.hub._names import COMMIT, REPO_ID, SHA256
 
-__all__ = ["ZOO_INDEX_ENV", "ZooEntry", "default_index_path", "load_zoo_index", "resolve_zoo"]
+__all__ = [
+    "PACKAGED_INDEX_PATH",
+    "ZOO_INDEX_ENV",
+    "ZooEntry",
+    "default_index_path",
+    "load_zoo_index",
+    "resolve_zoo",
+]
 
+#: The environment variable that points the loader at another index file.
 ZOO_INDEX_ENV = "LIGHTNING_DNN_ZOO_INDEX"
-_SHA1 = re.compile(r"[0-9a-f]{40}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: The index inside the package (package data), a copy of the repository's ``zoo/index.json``.
+PACKAGED_INDEX_PATH = Path(__file__).resolve().with_name("zoo_index.json")
+# The root that the packaged index's ``path`` fields are relative to: the folder holding the package (a clone's
+# root in a clone or an editable install; site-packages after a wheel install, where no zoo folder exists).
+_PACKAGE_ROOT = PACKAGED_INDEX_PATH.parents[2]
 
 
 @dataclass(frozen=True)
@@ -66,16 +80,16 @@ class ZooEntry:
 
 
 def default_index_path() -> Path:
-    """The index file: ``$LIGHTNING_DNN_ZOO_INDEX`` if set, else ``zoo/index.json`` next to the package.
+    """The index file: ``$LIGHTNING_DNN_ZOO_INDEX`` if set, else the packaged index (:data:`PACKAGED_INDEX_PATH`).
 
     Example:
-        >>> default_index_path().name
-        'index.json'
+        >>> default_index_path().name in ("zoo_index.json", "index.json")
+        True
     """
     env = os.environ.get(ZOO_INDEX_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "zoo" / "index.json"
+    return PACKAGED_INDEX_PATH
 
 
 def load_zoo_index(path: str | os.PathLike[str] | None = None) -> dict[str, ZooEntry]:
@@ -103,8 +117,8 @@ def load_zoo_index(path: str | os.PathLike[str] | None = None) -> dict[str, ZooE
     index_path = Path(path) if path is not None else default_index_path()
     if not index_path.is_file():
         raise FileNotFoundError(
-            f"No zoo index at {str(index_path)!r}. Clone the lightning-dnn repository (its zoo/index.json) or set "
-            f"{ZOO_INDEX_ENV} to an index file."
+            f"No zoo index at {str(index_path)!r}. Set {ZOO_INDEX_ENV} to an index file (a clone's zoo/index.json), "
+            "or unset it to use the index packaged with lightning-dnn."
         )
     try:
         document = json.loads(index_path.read_text(encoding="utf-8"))
@@ -113,7 +127,7 @@ def load_zoo_index(path: str | os.PathLike[str] | None = None) -> dict[str, ZooE
     models = document.get("models") if isinstance(document, dict) else None
     if not isinstance(models, dict):
         raise ValueError(f"Zoo index {str(index_path)!r} must be a JSON object with a 'models' object")
-    root = index_path.resolve().parent.parent
+    root = _PACKAGE_ROOT if index_path.resolve() == PACKAGED_INDEX_PATH else index_path.resolve().parent.parent
     return {name: _entry(name, raw, root, index_path) for name, raw in models.items()}
 
 
@@ -155,14 +169,14 @@ def _entry(name: str, raw: Any, root: Path, index_path: Path) -> ZooEntry:
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be a JSON object")
     repo_id, revision, files = raw.get("repo_id"), raw.get("revision"), raw.get("files")
-    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"{where}: 'repo_id' must look like 'org/name', got {repo_id!r}")
-    if not isinstance(revision, str) or not _SHA1.fullmatch(revision):
+    if not isinstance(revision, str) or not COMMIT.fullmatch(revision):
         raise ValueError(
             f"{where}: 'revision' must be a pinned commit (40 lowercase hex digits), got {revision!r}"
         )
     if not isinstance(files, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in files.items()
+        isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items()
     ):
         raise ValueError(f"{where}: 'files' must map file names to sha256 hex digests, got {files!r}")
     lacking = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if f not in files]

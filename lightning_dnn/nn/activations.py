@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from lightning_dnn._checks import check_int, check_number, unknown_name_error
+from lightning_dnn._checks import check_int, check_kwargs, check_number
+from lightning_dnn._registry import available, lookup, register
 
 __all__ = ["ActivationLike", "available_activations", "get_activation"]
 
@@ -39,9 +40,19 @@ ActivationLike = str | Mapping[str, Any] | nn.Module | type[nn.Module]
 
 @dataclass(frozen=True)
 class _ActivationSpec:
+    """``build(**kwargs)`` makes the module; its signature is the list of keywords (and defaults) accepted."""
+
     name: str
     build: Callable[..., nn.Module]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _without_options(cls: type[nn.Module]) -> Callable[[], nn.Module]:
+    """A builder that takes no keyword (``nn.ReLU``'s ``inplace`` is not offered)."""
+
+    def build() -> nn.Module:
+        return cls()
+
+    return build
 
 
 def _leaky_relu(negative_slope: float = 0.01) -> nn.Module:
@@ -64,20 +75,20 @@ def _elu(alpha: float = 1.0) -> nn.Module:
     return nn.ELU(check_number("alpha", alpha, low=0.0, low_inclusive=False))
 
 
-_REGISTRY: dict[str, _ActivationSpec] = {
-    spec.name: spec
-    for spec in (
-        _ActivationSpec("relu", nn.ReLU),
-        _ActivationSpec("leaky_relu", _leaky_relu, {"negative_slope": 0.01}),
-        _ActivationSpec("rrelu", _rrelu, {"lower": 1.0 / 8.0, "upper": 1.0 / 3.0}),
-        _ActivationSpec("prelu", _prelu, {"num_parameters": 1, "init": 0.25}),
-        _ActivationSpec("elu", _elu, {"alpha": 1.0}),
-        _ActivationSpec("selu", nn.SELU),
-        _ActivationSpec("tanh", nn.Tanh),
-        _ActivationSpec("sigmoid", nn.Sigmoid),
-        _ActivationSpec("logistic", nn.Sigmoid),
-    )
-}
+_REGISTRY: dict[str, _ActivationSpec] = {}
+for _spec in (
+    _ActivationSpec("relu", _without_options(nn.ReLU)),
+    _ActivationSpec("leaky_relu", _leaky_relu),
+    _ActivationSpec("rrelu", _rrelu),
+    _ActivationSpec("prelu", _prelu),
+    _ActivationSpec("elu", _elu),
+    _ActivationSpec("selu", _without_options(nn.SELU)),
+    _ActivationSpec("tanh", _without_options(nn.Tanh)),
+    _ActivationSpec("sigmoid", _without_options(nn.Sigmoid)),
+    _ActivationSpec("logistic", _without_options(nn.Sigmoid)),
+):
+    register(_REGISTRY, "activation", _spec)
+del _spec
 
 
 def available_activations() -> tuple[str, ...]:
@@ -87,7 +98,7 @@ def available_activations() -> tuple[str, ...]:
         >>> available_activations()
         ('elu', 'leaky_relu', 'logistic', 'prelu', 'relu', 'rrelu', 'selu', 'sigmoid', 'tanh')
     """
-    return tuple(sorted(_REGISTRY))
+    return available(_REGISTRY)
 
 
 def get_activation(name_or_module: ActivationLike, **kwargs: Any) -> nn.Module:
@@ -147,14 +158,6 @@ def get_activation(name_or_module: ActivationLike, **kwargs: Any) -> nn.Module:
             "`name_or_module` must be an activation name, a {'name': ..., **kwargs} mapping, an nn.Module "
             f"instance or an nn.Module subclass, got {type(name_or_module).__name__} {name_or_module!r}"
         )
-    key = name_or_module.strip().lower()
-    if key not in _REGISTRY:
-        raise unknown_name_error("activation", name_or_module, _REGISTRY)
-    spec = _REGISTRY[key]
-    unexpected = sorted(set(kwargs) - set(spec.defaults))
-    if unexpected:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items()) or "none"
-        raise TypeError(
-            f"activation {key!r} got unexpected keyword argument(s) {unexpected}; accepted keywords: {accepted}"
-        )
+    spec = lookup(_REGISTRY, "activation", name_or_module, arg="name_or_module", fold_case=True)
+    check_kwargs(f"activation {spec.name!r}", spec.build, kwargs)
     return spec.build(**kwargs)

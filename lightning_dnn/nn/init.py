@@ -62,7 +62,8 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.parameter import UninitializedParameter
 
-from lightning_dnn._checks import check_choice, check_number, unknown_name_error
+from lightning_dnn._checks import check_bool, check_choice, check_number
+from lightning_dnn._registry import available, lookup, register
 
 __all__ = [
     "TRUNCATED_NORMAL_STD_FACTOR",
@@ -155,8 +156,7 @@ def variance_scaling_(
     scale = check_number("scale", scale, low=0.0, low_inclusive=False)
     check_choice("mode", mode, _FAN_MODES)
     check_choice("distribution", distribution, _DISTRIBUTIONS)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
+    _check_generator(generator)
     if tensor.numel() == 0:  # nothing to fill (torch's initializers make this a no-op too)
         return tensor
     fan_in, fan_out = compute_fans(tensor)
@@ -209,8 +209,7 @@ class InitSpec:
         check_number("scale", self.scale, low=0.0, low_inclusive=False)
         check_choice("mode", self.mode, _FAN_MODES)
         check_choice("distribution", self.distribution, _DISTRIBUTIONS)
-        if not isinstance(self.zero_bias, bool):
-            raise TypeError(f"`zero_bias` must be a bool, got {type(self.zero_bias).__name__}")
+        check_bool("zero_bias", self.zero_bias)
 
     def __call__(self, tensor: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Fill ``tensor`` in place with this scheme and return it."""
@@ -240,14 +239,11 @@ def register_init(spec: InitSpec) -> InitSpec:
         >>> register_init(InitSpec("he_normal", 2.0, "fan_in", "normal"))
         Traceback (most recent call last):
             ...
-        ValueError: Init scheme 'he_normal' is already registered: ...
+        ValueError: Init scheme 'he_normal' is already registered (...); pick another name
     """
     if not isinstance(spec, InitSpec):
         raise TypeError(f"`spec` must be an InitSpec, got {type(spec).__name__}")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"Init scheme {spec.name!r} is already registered: {_REGISTRY[spec.name]}")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return register(_REGISTRY, "init scheme", spec)
 
 
 def available_inits() -> tuple[str, ...]:
@@ -257,7 +253,7 @@ def available_inits() -> tuple[str, ...]:
         >>> "he_normal" in available_inits()
         True
     """
-    return tuple(sorted(_REGISTRY))
+    return available(_REGISTRY)
 
 
 def get_init(name: str) -> InitSpec:
@@ -278,12 +274,7 @@ def get_init(name: str) -> InitSpec:
         >>> spec.scale, spec.mode, spec.distribution
         (2.0, 'fan_avg', 'truncated_normal')
     """
-    if not isinstance(name, str):
-        raise TypeError(f"`name` must be an init scheme name (str), got {type(name).__name__} {name!r}")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise unknown_name_error("init scheme", name, _REGISTRY) from None
+    return lookup(_REGISTRY, "init scheme", name)
 
 
 def _resolve_init(arg: str, scheme: Any) -> InitSpec | Callable[[Tensor], Any]:
@@ -336,8 +327,7 @@ def init_weights_(
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}")
     resolved = _resolve_init("scheme", scheme)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
+    _check_generator(generator)
     if generator is not None and not isinstance(resolved, InitSpec):
         raise ValueError(
             "`generator` cannot be passed to a custom callable `scheme` (it is called as fn(weight)); "
@@ -373,6 +363,11 @@ def init_weights_(
             else:
                 bias.zero_()
     return module
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _check_weight(tensor: Any) -> None:

@@ -32,8 +32,6 @@ Everything not listed keeps torch's defaults; keyword arguments to :func:`build_
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -43,7 +41,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_dnn._checks import check_number, unknown_name_error
+from lightning_dnn._checks import check_kwargs, check_number
+from lightning_dnn._registry import lookup, register
 from lightning_dnn.optim.ftrl import FTRL
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "register_optimizer"]
@@ -110,7 +109,7 @@ def register_optimizer(
         >>> register_optimizer("sgd_doctest", torch.optim.SGD)
         Traceback (most recent call last):
         ...
-        ValueError: optimizer 'sgd_doctest' is already registered (torch.optim.sgd.SGD); pick another name
+        ValueError: Optimizer 'sgd_doctest' is already registered (OptimizerSpec(...)); pick another name
         >>> _ = _REGISTRY.pop("sgd_doctest")  # keep the doctest self-contained
     """
     if not isinstance(name, str):
@@ -121,44 +120,9 @@ def register_optimizer(
         )
     if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
         raise TypeError(f"`cls` must be a torch.optim.Optimizer subclass, got {cls!r}")
-    if name in _REGISTRY:
-        existing = _REGISTRY[name].cls
-        raise ValueError(
-            f"optimizer {name!r} is already registered ({existing.__module__}.{existing.__qualname__}); "
-            "pick another name"
-        )
     spec = OptimizerSpec(name, cls, dict(defaults or {}), summary)
-    _check_kwargs(f"optimizer {name!r} ({cls.__name__})", cls, spec.defaults, argument="defaults")
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _accepted_kwargs(func: Callable[..., Any]) -> list[str] | None:
-    """Keyword names ``func`` accepts, or None when it takes ``**kwargs`` (anything goes)."""
-    parameters = inspect.signature(func).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return [
-        p.name
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
-
-
-def _check_kwargs(what: str, func: Callable[..., Any], kwargs: Mapping[str, Any], *, argument: str) -> None:
-    """Raise TypeError naming unknown keyword arguments of ``func`` with close matches, before calling it."""
-    accepted = _accepted_kwargs(func)
-    if accepted is None:
-        return
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(
-            f"{what} does not accept {argument} {', '.join(hints)}; accepted: {', '.join(accepted)}"
-        )
+    check_kwargs(f"optimizer {name!r} ({cls.__name__})", cls, spec.defaults, argument="defaults")
+    return register(_REGISTRY, "optimizer", spec)
 
 
 def build_optimizer(
@@ -200,13 +164,9 @@ def build_optimizer(
         ...
         ValueError: Unknown optimizer 'adamm'. Did you mean 'adam', 'adamw'? Valid names: ...
     """
-    if not isinstance(name, str):
-        raise TypeError(f"`name` must be a string, got {type(name).__name__} {name!r}")
-    spec = _REGISTRY.get(name.strip().lower())
-    if spec is None:
-        raise unknown_name_error("optimizer", name, _REGISTRY)
+    spec = lookup(_REGISTRY, "optimizer", name, fold_case=True)
     lr = check_number("lr", lr, low=0.0, low_inclusive=False)
-    _check_kwargs(f"optimizer {spec.name!r} ({spec.cls.__name__})", spec.cls, kwargs, argument="keyword")
+    check_kwargs(f"optimizer {spec.name!r} ({spec.cls.__name__})", spec.cls, kwargs)
     factory = cast(Callable[..., Optimizer], spec.cls)
     return factory(params, lr=lr, **{**spec.defaults, **kwargs})
 

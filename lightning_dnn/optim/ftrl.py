@@ -61,7 +61,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 from typing_extensions import override
 
-from lightning_dnn._checks import check_number
+from lightning_dnn._checks import check_bool, check_number
 
 __all__ = ["FTRL", "ftrl"]
 
@@ -88,8 +88,7 @@ def _validate_group(group: dict[str, Any]) -> None:
     foreach = group["foreach"]
     if foreach is not None and not isinstance(foreach, bool):
         raise TypeError(f"`foreach` must be None, True or False, got {type(foreach).__name__} {foreach!r}")
-    if not isinstance(group["maximize"], bool):
-        raise TypeError(f"`maximize` must be True or False, got {type(group['maximize']).__name__}")
+    check_bool("maximize", group["maximize"])
 
 
 class FTRL(Optimizer):
@@ -486,11 +485,8 @@ def _dense_update(
 ) -> Tensor | None:
     """One FTRL step on dense tensors of equal shape, in place (``param`` may be a gathered copy).
 
-    Args:
-        power: ``accumulator ** -lr_power`` if known (cached from the previous step; used as scratch), else None.
-
-    Returns:
-        the updated accumulator's power, None when ``lr_power == 0``.
+    ``power`` is ``accumulator ** -lr_power`` if known (cached from the previous step; used as scratch), else None.
+    Returns the updated accumulator's power, None when ``lr_power == 0``.
     """
     if h.maximize:
         grad = torch.neg(grad)

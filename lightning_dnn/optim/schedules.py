@@ -30,8 +30,8 @@ from typing import Any, Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from lightning_dnn._checks import check_choice, check_int, check_number, unknown_name_error
-from lightning_dnn.optim.factory import _check_kwargs
+from lightning_dnn._checks import check_bool, check_choice, check_int, check_kwargs, check_number
+from lightning_dnn._registry import lookup, register
 
 __all__ = [
     "SCHEDULES",
@@ -49,12 +49,6 @@ def _check_optimizer(optimizer: Any) -> Optimizer:
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     return optimizer
-
-
-def _check_bool(arg: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{arg}` must be True or False, got {type(value).__name__} {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ def exponential_decay(
     factor = _ExponentialFactor(
         check_number("decay_steps", decay_steps, low=0.0, low_inclusive=False),
         check_number("decay_rate", decay_rate, low=0.0, low_inclusive=False),
-        _check_bool("staircase", staircase),
+        check_bool("staircase", staircase),
     )
     return LambdaLR(_check_optimizer(optimizer), factor)
 
@@ -155,7 +149,7 @@ def power_decay(
     factor = _PowerFactor(
         check_number("decay_steps", decay_steps, low=0.0, low_inclusive=False),
         check_number("power", power, low=0.0),
-        _check_bool("staircase", staircase),
+        check_bool("staircase", staircase),
     )
     return LambdaLR(_check_optimizer(optimizer), factor)
 
@@ -237,7 +231,7 @@ def piecewise_constant(
             f"{len(checked_values)}"
         )
     return _PiecewiseConstantLR(
-        optimizer, checked_boundaries, checked_values, _check_bool("relative", relative)
+        optimizer, checked_boundaries, checked_values, check_bool("relative", relative)
     )
 
 
@@ -315,15 +309,15 @@ class ScheduleSpec:
     needs_metric: bool = False
 
 
-_REGISTRY: dict[str, ScheduleSpec] = {
-    spec.name: spec
-    for spec in (
-        ScheduleSpec("exponential", exponential_decay, "step"),
-        ScheduleSpec("power", power_decay, "step"),
-        ScheduleSpec("piecewise_constant", piecewise_constant, "step"),
-        ScheduleSpec("performance", performance_schedule, "epoch", needs_metric=True),
-    )
-}
+_REGISTRY: dict[str, ScheduleSpec] = {}
+for _spec in (
+    ScheduleSpec("exponential", exponential_decay, "step"),
+    ScheduleSpec("power", power_decay, "step"),
+    ScheduleSpec("piecewise_constant", piecewise_constant, "step"),
+    ScheduleSpec("performance", performance_schedule, "epoch", needs_metric=True),
+):
+    register(_REGISTRY, "learning-rate schedule", _spec)
+del _spec
 
 SCHEDULES: Mapping[str, ScheduleSpec] = MappingProxyType(_REGISTRY)
 """Read-only registry: name -> :class:`ScheduleSpec`; iterate it for the names :func:`build_schedule` accepts."""
@@ -362,11 +356,7 @@ def build_schedule(name: str, optimizer: Optimizer, **kwargs: Any) -> LRSchedule
         ...
         ValueError: Unknown learning-rate schedule 'exponentail'. Did you mean 'exponential'? ...
     """
-    if not isinstance(name, str):
-        raise TypeError(f"`name` must be a string, got {type(name).__name__} {name!r}")
-    spec = _REGISTRY.get(name.strip().lower())
-    if spec is None:
-        raise unknown_name_error("learning-rate schedule", name, _REGISTRY)
-    _check_kwargs(f"schedule {spec.name!r}", spec.build, kwargs, argument="keyword")
+    spec = lookup(_REGISTRY, "learning-rate schedule", name, fold_case=True)
+    check_kwargs(f"schedule {spec.name!r}", spec.build, kwargs)
     scheduler: LRScheduler | ReduceLROnPlateau = spec.build(optimizer, **kwargs)
     return scheduler

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lightning_dnn.callbacks import LayerFreezer
 from lightning_dnn.callbacks.feature_cache import FeatureCache
 from lightning_dnn.data import ArrayDataModule, DeviceBatchLoader
-from lightning_dnn.data._augment import TransformDataset
+from lightning_dnn.loading import TransformDataset
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
 from tests.trainer_utils import quiet_trainer_kwargs
@@ -601,7 +601,8 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_skipped_modules_neither_compute_nor_fire_hooks_and_get_them_back() -> None:
-    from lightning_dnn.callbacks._feature_trunk import Shadow, TrunkPlan
+    from lightning_dnn.callbacks.feature_cache._plan import TrunkPlan
+    from lightning_dnn.callbacks.feature_cache._trunk import Shadow
 
     net = nn.Sequential(OrderedDict(hidden1=nn.Linear(3, 3), output=nn.Linear(3, 2)))
     seen: list[str] = []

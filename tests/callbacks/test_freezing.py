@@ -385,6 +385,23 @@ def test_attached_schedulers_keep_working_for_the_new_group(tmp_path: Path, kind
     assert len(set(ref[1:])) > 1  # the schedule did change the lr after the milestone
 
 
+def test_unfrozen_lr_with_a_scheduler_that_cannot_keep_the_ratio_fails_at_fit_start(tmp_path: Path) -> None:
+    def scheduler(opt: torch.optim.Optimizer) -> dict[str, Any]:
+        return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8, eta_min=0.01)}
+
+    model = Net(scheduler=scheduler)
+    snaps = EpochSnapshots()
+    t = trainer(tmp_path, [LayerFreezer("hidden3", unfreeze={1: "hidden3"}, unfrozen_lr=0.02), snaps])
+    with pytest.raises(ValueError, match=r"`unfrozen_lr`: CosineAnnealingLR\(eta_min=0\.01\) anneals every"):
+        t.fit(model, loader())
+    assert not snaps.states  # refused before the first epoch, not at the milestone
+    # without unfrozen_lr the new group follows the first one exactly, which any scheduler can do
+    t = trainer(tmp_path, [LayerFreezer("hidden3", unfreeze={1: "hidden3"})])
+    t.fit(Net(scheduler=scheduler), loader())
+    lrs = [g["lr"] for g in t.optimizers[0].param_groups]
+    assert len(lrs) == 2 and lrs[0] == lrs[1]
+
+
 # -------------------------------------------------------------------------------------------------- resume --
 def resume_setup(kind: str) -> tuple[Callable[[], Net], Callable[[], LayerFreezer]]:
     def scheduler(opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -469,12 +486,12 @@ def test_freeze_all_but_head_rejects_bad_epochs() -> None:
     [
         (
             lambda: LayerFreezer("hidden9"),
-            r"`freeze`=\['hidden9'\] selects no module\. Available modules: net, ",
+            r"`freeze` pattern 'hidden9' selects no module\. Available modules: net, ",
         ),
-        (lambda: LayerFreezer("act"), "`freeze` selects modules without parameters"),
+        (lambda: LayerFreezer(r"hidden[12]\.act"), "`freeze` selects modules without parameters"),
         (
             lambda: LayerFreezer("hidden1", unfreeze={1: "nothing"}),
-            r"`unfreeze\[1\]`=\['nothing'\] selects no",
+            r"`unfreeze\[1\]` pattern 'nothing' selects no",
         ),
         (
             lambda: LayerFreezer("hidden1", unfreeze={1: "output"}),
@@ -484,7 +501,7 @@ def test_freeze_all_but_head_rejects_bad_epochs() -> None:
             lambda: LayerFreezer("hidden[12]", unfreeze={1: "hidden2", 3: "hidden2"}),
             r"`unfreeze\[3\]`=\['hidden2'\] unfreezes no frozen parameter.*Frozen at epoch 3: net.hidden1",
         ),
-        (lambda: LayerFreezer.freeze_all_but_head("head"), r"`head`=\['head'\] selects no module"),
+        (lambda: LayerFreezer.freeze_all_but_head("head"), r"`head` pattern 'head' selects no module"),
     ],
 )
 def test_selection_errors_fail_at_setup_naming_the_modules(
@@ -492,6 +509,18 @@ def test_selection_errors_fail_at_setup_naming_the_modules(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         trainer(tmp_path, [freezer()]).fit(Net(), loader())
+
+
+def test_patterns_never_match_deeper_suffixes(tmp_path: Path) -> None:
+    # "linear" is the last component of net.hidden1.linear ...; the selection rule only drops the first one
+    with pytest.raises(ValueError, match=r"`freeze` pattern 'linear' selects no module"):
+        trainer(tmp_path, [LayerFreezer("linear")]).fit(Net(), loader())
+    model = Net()
+    trainer(tmp_path, [LayerFreezer(r"hidden1\.linear")]).fit(model, loader())
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
+        "net.hidden1.linear.weight",
+        "net.hidden1.linear.bias",
+    ]
 
 
 def test_unfreezing_a_parent_unfreezes_only_what_was_frozen(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Usage: LOCAL_RANK=R NODE_RANK=0 python _ddp_finetune_script.py SOURCE ENDPOINT C
 
 Lightning sees ``LOCAL_RANK`` and joins the process group the launcher set up (``MASTER_ADDR``/``MASTER_PORT``)
 instead of spawning ranks itself. Inside the LightningModule's ``setup`` hook (the process group exists by then)
-every rank calls ``load_pretrained(SOURCE, include="hidden", into=self.net)`` with one cache shared by both
+every rank calls ``load_pretrained(SOURCE, include="hidden[12]", into=self.net)`` with one cache shared by both
 ranks, so rank 0 downloads and rank 1 reads the cache. ``LayerFreezer("hidden[0-9]+")`` freezes the loaded layers
 and the new 5-way head trains for 2 epochs on digits 5-9.
 
@@ -46,7 +46,7 @@ class FineTune(DNNClassifier):
             return
         assert torch.distributed.is_initialized(), "setup must run after the process group exists"
         _, report = load_pretrained(
-            self._source, endpoint=self._endpoint, cache_dir=self._cache, include="hidden", into=self.net
+            self._source, endpoint=self._endpoint, cache_dir=self._cache, include="hidden[12]", into=self.net
         )
         rank = self.global_rank
         (self._workdir / f"rank{rank}-report.json").write_text(json.dumps(dataclasses.asdict(report)))

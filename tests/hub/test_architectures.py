@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from torch import nn
 
+from lightning_dnn._specs import network_config
 from lightning_dnn.hub import architectures, available_architectures, get_architecture, register_architecture
+from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
 
 
@@ -59,3 +62,22 @@ def test_classes_without_config_are_refused() -> None:
 def test_unknown_names_suggest_close_matches() -> None:
     with pytest.raises(ValueError, match=r"Unknown architecture 'Mlp'\. Did you mean 'MLP'\?"):
         get_architecture("Mlp")
+
+
+class NotJsonable(Small):
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"width": self.width, "scale": float("nan")}
+
+
+def test_config_is_read_like_the_checkpoint_path() -> None:
+    # one reading of a network's config: config.json and DNNClassifier's checkpoints agree
+    net = MLP(4, (5,), 3, activation="relu")
+    config = get_architecture("MLP").config_of(net)
+    assert config == network_config(net) == DNNClassifier(net).hparams["net"]["init_args"]
+    with pytest.raises(TypeError, match=r"MLP\.config needs `activation` as a name"):
+        get_architecture("MLP").config_of(MLP(4, (5,), 3, activation=nn.ReLU()))
+    spec = register_architecture("NotJsonable", NotJsonable)
+    with pytest.raises(TypeError, match=r"NotJsonable\.config must be JSON-able"):
+        spec.config_of(NotJsonable())
+    assert DNNClassifier(NotJsonable(), num_classes=3).hparams["net"] is None

@@ -1,4 +1,4 @@
-"""Selective loading by name: include/exclude (re.match), rename prefixes, the report, strict and non-strict."""
+"""Selective loading by name: include/exclude (the selection rule), rename prefixes, the report, strictness."""
 
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ def _snapshot(net: nn.Module) -> dict[str, Tensor]:
 
 
 def _reference_selection(names: list[str], include: list[str] | None, exclude: list[str]) -> list[str]:
-    """The selection rule written out as a plain loop over names."""
+    """The selection rule written out as a plain loop: a pattern fullmatches the name or a module prefix of it."""
     chosen = []
     for name in names:
+        parts = name.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
         keep = include is None
         for pattern in include or []:
-            if re.match(pattern, name):
+            if any(re.fullmatch(pattern, prefix) for prefix in prefixes):
                 keep = True
         for pattern in exclude:
-            if re.match(pattern, name):
+            if any(re.fullmatch(pattern, prefix) for prefix in prefixes):
                 keep = False
         if keep:
             chosen.append(name)
@@ -38,8 +40,9 @@ def _reference_selection(names: list[str], include: list[str] | None, exclude: l
     [
         ("hidden[123]", None),
         (["hidden1", "hidden3"], None),
-        (None, r".*\.bn\."),
-        ("hidden", ["hidden2", r".*num_batches"]),
+        (None, r".*\.bn"),
+        ("hidden[0-9]", ["hidden2", r".*num_batches_tracked"]),
+        (r"hidden[12]\.linear\.weight", None),
     ],
 )
 def test_selection_matches_the_plain_loop_reference(
@@ -140,7 +143,7 @@ def test_unexpected_names_fail_strict_loads() -> None:
     bigger = make_mlp(0)
     smaller = MLP(12, (10, 8), 4, norm="batch")
     with pytest.raises(StrictLoadError, match=r"not in the target \(6\): hidden3\.linear\.weight"):
-        load_state_dict_partial(smaller, bigger.state_dict(), include="hidden")
+        load_state_dict_partial(smaller, bigger.state_dict(), include="hidden[0-9]")
 
 
 def test_non_strict_warns_with_the_same_list_and_loads_what_fits() -> None:
@@ -160,9 +163,29 @@ def test_non_strict_warns_with_the_same_list_and_loads_what_fits() -> None:
 
 def test_patterns_that_match_nothing_are_errors() -> None:
     with pytest.raises(
-        ValueError, match=r"`include` pattern 'hiden1' matches no name.*hidden1\.linear\.weight"
+        ValueError, match=r"`include` pattern 'hiden1' selects no name.*hidden1\.linear\.weight"
     ):
         load_state_dict_partial(make_mlp(1), make_mlp(0).state_dict(), include="hiden1")
+    # a prefix of a name is not a match any more: "hidden" names no module (they are hidden1, hidden2, ...)
+    with pytest.raises(ValueError, match=r"`include` pattern 'hidden' selects no name"):
+        load_state_dict_partial(make_mlp(1), make_mlp(0).state_dict(), include="hidden")
+    # names are relative to the network loaded into: no component is dropped, no suffix is tried
+    with pytest.raises(ValueError, match=r"`exclude` pattern 'bn' selects no name"):
+        load_state_dict_partial(make_mlp(1), make_mlp(0).state_dict(), exclude="bn")
+
+
+def test_include_never_takes_longer_names_nor_deeper_suffixes() -> None:
+    """hidden[12] takes hidden1 and hidden2 but not hidden10-hidden12 (re.match took them all)."""
+    torch.manual_seed(0)
+    source, target = MLP(4, (3,) * 12, 2), MLP(4, (3,) * 12, 2)
+    with torch.no_grad():
+        source.output.linear.bias.fill_(0.5)  # biases start at zero on both sides
+    report = load_state_dict_partial(target, source.state_dict(), include="hidden[12]")
+    assert report.loaded == [f"hidden{i}.linear.{t}" for i in (1, 2) for t in ("weight", "bias")]
+    report = load_state_dict_partial(target, source.state_dict(), include=r"output\.linear\.weight")
+    assert report.loaded == ["output.linear.weight"]
+    assert torch.equal(target.output.linear.weight, source.output.linear.weight)
+    assert not torch.equal(target.output.linear.bias, source.output.linear.bias)
     with pytest.raises(ValueError, match="invalid regex"):
         load_state_dict_partial(make_mlp(1), make_mlp(0).state_dict(), exclude="hidden[")
 

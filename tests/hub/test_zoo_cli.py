@@ -19,11 +19,11 @@ import torch
 import yaml
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
+from lightning_dnn.cli._zoo_repo import canonical_commit, file_hashes
+from lightning_dnn.cli.zoo import zoo_main
 from lightning_dnn.data import DigitsDataModule
 from lightning_dnn.hub import load_pretrained, load_zoo_index
-from lightning_dnn.hub._zoo_repo import canonical_commit, file_hashes
 from lightning_dnn.hub.zoo import ZOO_INDEX_ENV
-from lightning_dnn.hub.zoo_cli import zoo_main
 from tests.hub.conftest import HubServer, write_zoo_index
 from tests.hub.test_zoo_entries import ENTRIES, INDEX, ROOT, remote_index, serve_zoo
 

@@ -22,8 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from lightning_dnn.cli._zoo_build import card_options
+from lightning_dnn.cli._zoo_repo import canonical_commit, write_canonical_repo
 from lightning_dnn.hub import load_pretrained, load_zoo_index
-from lightning_dnn.hub._zoo_repo import canonical_commit, write_canonical_repo
+from lightning_dnn.hub._card import render_model_card
+from lightning_dnn.hub._io import read_config
 from lightning_dnn.hub.zoo import ZOO_INDEX_ENV, ZooEntry
 from tests.hub.conftest import HubServer, write_zoo_index
 
@@ -118,6 +121,14 @@ def test_folder_matches_the_index_pin(name: str) -> None:
     assert front["datasets"] == [metadata["dataset"]] and "test_accuracy" in front["metrics"]
     assert f"lightning-dnn zoo build {name}" in card and "recipe.yaml" in card
     assert (entry.local_path / "recipe.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_card_is_what_the_one_renderer_writes(name: str) -> None:
+    folder = ENTRIES[name].local_path
+    assert folder is not None
+    options = card_options(name, folder / "recipe.yaml")
+    assert (folder / "README.md").read_text() == render_model_card(read_config(folder / "config.json"), options)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -149,9 +149,16 @@ def test_unknown_name_lists_valid_ones() -> None:
             ("relu",),
             {"negative_slope": 0.1},
             TypeError,
-            r"'relu' got unexpected keyword argument\(s\) \['negative_slope'\]",
+            r"activation 'relu' does not accept keyword 'negative_slope'; accepted: none",
         ),
-        (("elu",), {"slope": 0.1}, TypeError, "accepted keywords: alpha=1.0"),
+        (("relu",), {"inplace": True}, TypeError, "activation 'relu' does not accept keyword 'inplace'"),
+        (("elu",), {"slope": 0.1}, TypeError, r"'slope'; accepted: alpha=1\.0"),
+        (
+            ("Rrelu",),
+            {"lowr": 0.1},
+            TypeError,
+            r"'lowr' \(did you mean 'lower'\?\); accepted: lower=0\.125, upper=",
+        ),
         ((nn.ReLU(),), {"inplace": True}, TypeError, "cannot be applied to an activation module instance"),
         ((42,), {}, TypeError, "`name_or_module` must be an activation name"),
         ((nn.Linear,), {}, TypeError, "in_features"),  # the class's own constructor error

@@ -482,7 +482,7 @@ def test_rosenbrock_converges_towards_the_minimum(hyper: dict[str, float]) -> No
         (dict(beta=-1.0), ValueError, "`beta` must be >= 0"),
         (dict(beta=float("nan")), ValueError, "`beta` must be finite"),
         (dict(foreach="yes"), TypeError, "`foreach` must be None, True or False"),
-        (dict(maximize=1), TypeError, "`maximize` must be True or False"),
+        (dict(maximize=1), TypeError, "`maximize` must be a bool, got int 1"),
     ],
 )
 def test_bad_hyper_parameters_raise_with_the_argument_name(

@@ -178,7 +178,7 @@ def test_build_schedule_errors() -> None:
         (
             lambda o: exponential_decay(o, 10, 0.5, staircase="yes"),
             TypeError,
-            "`staircase` must be True or False",
+            "`staircase` must be a bool, got str 'yes'",
         ),
         (
             lambda o: exponential_decay(object(), 10, 0.5),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from lightning_dnn.data import DeviceBatchLoader, EpochSampler
+from lightning_dnn.loading import DeviceBatchLoader, EpochSampler
 
 
 def epoch_order(loader, epoch):

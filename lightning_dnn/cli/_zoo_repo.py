@@ -1,5 +1,8 @@
 """The zoo's publication side: the canonical commit that pins an entry, file hashes, and index updates.
 
+The maintainers' index is the repository's ``zoo/index.json``; :func:`update_index` copies it into the package
+(:data:`~lightning_dnn.hub.zoo.PACKAGED_INDEX_PATH`) whenever it writes it, so the two never drift.
+
 The index pins every entry to a commit (``revision``). For an entry that is not published yet, that commit is the
 entry's **canonical publication commit**: the one commit of a git repository whose tree is the entry's three files
 (``config.json``, ``README.md`` and ``model.safetensors`` committed as a git-lfs pointer, as the Hub stores it)
@@ -24,15 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dnn.hub._io import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, sha256_file
+from lightning_dnn.hub.zoo import PACKAGED_INDEX_PATH, ZOO_INDEX_ENV
 
 __all__ = [
     "CANONICAL_AUTHOR",
     "CANONICAL_DATE",
     "GITATTRIBUTES",
+    "MAINTAINERS_INDEX_PATH",
     "canonical_commit",
     "canonical_files",
     "file_hashes",
     "lfs_pointer",
+    "maintainers_index_path",
     "update_index",
     "write_canonical_repo",
 ]
@@ -43,6 +49,8 @@ CANONICAL_AUTHOR = ("lightning-dnn zoo", "zoo@lightning-dnn.invalid")
 CANONICAL_DATE = "1767225600 +0000"
 #: The ``.gitattributes`` of a canonical repository: weights are git-lfs objects, as on the Hub.
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+#: The maintainers' index: ``zoo/index.json`` of the checkout that holds this package.
+MAINTAINERS_INDEX_PATH = PACKAGED_INDEX_PATH.parents[2] / "zoo" / "index.json"
 _ISO_DATE = "2026-01-01T00:00:00+00:00"
 _FILE_MODE = b"100644"
 
@@ -197,14 +205,34 @@ def write_canonical_repo(folder: str | os.PathLike[str], repo_dir: str | os.Path
     return _git(repo, "rev-parse", "HEAD")
 
 
+def maintainers_index_path() -> Path:
+    """The index that ``zoo build`` and ``zoo publish`` write: ``$LIGHTNING_DNN_ZOO_INDEX`` or the checkout's.
+
+    Example:
+        >>> maintainers_index_path().name
+        'index.json'
+    """
+    env = os.environ.get(ZOO_INDEX_ENV)
+    return Path(env) if env else MAINTAINERS_INDEX_PATH
+
+
 def update_index(index_path: str | os.PathLike[str], name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """Set ``fields`` of entry ``name`` in the index file (creating the entry, or the file), atomically.
 
     Other entries and other fields of the entry are kept; entries are written sorted by name, two-space indented,
-    so a change shows as a small diff.
+    so a change shows as a small diff. When ``index_path`` is the maintainers' index
+    (:data:`MAINTAINERS_INDEX_PATH`), the same bytes are written to the packaged index too.
+
+    Args:
+        index_path: the index file.
+        name: the zoo name.
+        fields: the entry's fields to set (``repo_id``, ``revision``, ``files``, ``metrics``, ``license``, ``path``).
 
     Returns:
         the entry as written.
+
+    Raises:
+        ValueError: for an invalid ``name`` or an existing file that is not a zoo index.
 
     Example:
         >>> import json, tempfile
@@ -227,6 +255,13 @@ def update_index(index_path: str | os.PathLike[str], name: str, fields: Mapping[
     models[name] = entry
     document["models"] = {key: models[key] for key in sorted(models)}
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    _write_atomically(path, text)
+    if path.resolve() == MAINTAINERS_INDEX_PATH.resolve():
+        _write_atomically(PACKAGED_INDEX_PATH, text)
+    return entry
+
+
+def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
@@ -234,7 +269,6 @@ def update_index(index_path: str | os.PathLike[str], name: str, fields: Mapping[
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
-    return entry
 
 
 def _message(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The ``lightning-dnn`` command: LightningCLI for training (``fit|validate|test|predict --config FILE``).
+"""The training side of ``lightning-dnn``: LightningCLI over DNNClassifier (``fit|validate|test|predict``).
 
 Configs follow LightningCLI's conventions (YAML, ``--print_config``, ``class_path``/``init_args`` for the network,
 the data module, optimizers and callbacks); ready-made ones are in ``examples/configs/``. On top of plain
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,11 +24,17 @@ from lightning_dnn.callbacks.learning_curves import LearningCurves
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.profiler import NoOpProfiler
 
-__all__ = ["DNNCLI", "ThrottledRichProgressBar", "default_loggers", "main"]
+__all__ = ["DNNCLI", "ThrottledRichProgressBar", "default_loggers"]
 
 
 def default_loggers(save_dir: str) -> list[Logger]:
     """CSV metrics, plus TensorBoard event files in the same ``lightning_logs/version_N`` folder when available.
+
+    Args:
+        save_dir: the folder that holds ``lightning_logs/``.
+
+    Returns:
+        the loggers: a ``CSVLogger`` first, then a ``TensorBoardLogger`` of the same version when installed.
 
     Example:
         >>> import tempfile
@@ -50,12 +55,20 @@ class ThrottledRichProgressBar(RichProgressBar):
     as a small network's step on a CPU. This one skips the redraw of a batch that ends less than
     ``1 / updates_per_second`` seconds after the last one (the epoch's last batch is always drawn).
 
+    Args:
+        updates_per_second: the most redraws per second during training, ``> 0``.
+        **kwargs: passed to ``RichProgressBar``.
+
+    Raises:
+        ValueError: if ``updates_per_second`` is not ``> 0``.
+
     Example:
         >>> ThrottledRichProgressBar(updates_per_second=5).min_interval
         0.2
     """
 
     def __init__(self, updates_per_second: float = 10.0, **kwargs: Any) -> None:
+        """Check ``updates_per_second`` and set up the bar."""
         super().__init__(**kwargs)
         if not updates_per_second > 0:
             raise ValueError(f"`updates_per_second` must be > 0, got {updates_per_second!r}")
@@ -104,11 +117,18 @@ class DNNCLI(LightningCLI):
     names no profiler, :class:`~lightning_dnn.profiler.NoOpProfiler` (Lightning's default, minus its per-hook
     cost).
 
+    Args:
+        args: the command-line arguments (``None``: ``sys.argv``).
+        run: run the subcommand (``fit``, ...) as the command line says; ``False`` only builds the model, the
+            data module and the trainer.
+        **kwargs: passed to ``LightningCLI``.
+
     Example:
         >>> cli = DNNCLI(args=["--print_config"], run=False)  # doctest: +SKIP
     """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        """Build the CLI over DNNClassifier and any LightningDataModule, and run it when ``run``."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             DNNClassifier,
@@ -139,21 +159,3 @@ class DNNCLI(LightningCLI):
         if config.get("profiler") is None and "profiler" not in kwargs:
             kwargs["profiler"] = NoOpProfiler()  # Lightning's default, without its ~1 µs per hook call
         return super().instantiate_trainer(**kwargs)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-dnn`` console script.
-
-    ``lightning-dnn fit --config examples/configs/tf1_notebook.yaml`` trains; ``fit|validate|test|predict`` follow
-    LightningCLI; ``lightning-dnn zoo list|info|pull|build|publish`` manages the model zoo.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["zoo"]:
-        from lightning_dnn.hub.zoo_cli import zoo_main
-
-        raise SystemExit(zoo_main(args[1:]))
-    DNNCLI(args=None if argv is None else args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,16 +1,8 @@
-"""Data plumbing of :class:`~lightning_dnn.callbacks.FeatureCache`: read the data once, then serve the cache.
+"""Data plumbing of the cache: read the training data once for the build, then serve the cache in its order.
 
-* :class:`TensorData` / :class:`DatasetData` read a rank's share of the samples in fixed order for the build:
-  rank ``r`` of ``W`` reads samples ``r, r + W, ...`` in chunks; every rank runs the same number of chunks.
-* :class:`DeviceOrder` / :class:`SamplerOrder` reproduce the batch order of the wrapped loader without touching
-  its data: a :class:`~lightning_dnn.data.DeviceBatchLoader`'s ``(seed, epoch)`` permutation (with its epoch
-  bookkeeping and mid-epoch resume state), or the index lists of a ``DataLoader``'s batch sampler (drawing the
-  base seed from ``loader.generator`` first, as ``DataLoader.__iter__`` does, so the global random stream, hence
-  a ``RandomSampler``'s order, stays the same as in a live run).
-* :class:`CachedLoader` is what the fit loop iterates: at the first ``next()`` of an epoch (after every
-  ``on_train_epoch_start`` hook, so after a LayerFreezer milestone) it asks the callback for the epoch's cache;
-  it serves cached batches, or the wrapped loader's own batches when there is nothing to cache.
-* :class:`CachingSource` stands in for a loop's data source and wraps the loaders it hands out.
+* :class:`TensorData` / :class:`DatasetData` read a rank's share of the samples in fixed order for the build.
+* :class:`DeviceOrder` / :class:`SamplerOrder` reproduce the batch order of the wrapped loader.
+* :class:`CachedLoader` is what the fit loop iterates: cached batches, or the wrapped loader's own.
 """
 
 from __future__ import annotations
@@ -18,26 +10,29 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_dnn.callbacks._feature_store import FeatureStore, tensor_digest
-from lightning_dnn.data import DeviceBatchLoader
-from lightning_dnn.data._augment import TransformDataset
+from lightning_dnn.callbacks.feature_cache._store import FeatureStore, tensor_digest
+from lightning_dnn.loading import DeviceBatchLoader, TransformDataset
 
 __all__ = [
+    "BatchKind",
     "CachedLoader",
-    "CachingSource",
+    "Data",
     "DatasetData",
     "DeviceOrder",
     "SamplerOrder",
     "Served",
+    "Server",
     "StatefulCachedLoader",
     "TensorData",
     "access",
+    "cached_loader",
+    "random_transforms",
     "rebuilder",
     "split_batch",
 ]
@@ -45,6 +40,7 @@ __all__ = [
 Prepare = Callable[[Any], Any]
 Rebuild = Callable[[list[Tensor]], Any]
 BatchKind = str | type
+Chunks = Iterator[tuple[Tensor | None, list[Tensor] | None]]
 _RANDOM = re.compile(r"Random|Jitter|Augment|AugMix|Elastic|Blur|Noise|Erasing|MixUp|CutMix")
 
 
@@ -105,9 +101,8 @@ class TensorData:
         self.batch_size = loader.batch_size
         self.kind: BatchKind | None = "tuple"
 
-    def chunks(
-        self, rank: int, world: int, size: int, steps: int, seed: int, prepare: Prepare
-    ) -> Iterator[tuple[Tensor | None, list[Tensor] | None]]:
+    def chunks(self, rank: int, world: int, size: int, steps: int, seed: int, prepare: Prepare) -> Chunks:
+        """``steps`` chunks ``(inputs, None)`` of samples ``rank, rank + world, ...``; ``(None, None)`` past the end."""
         shard = len(range(rank, self.num_samples, world))
         for step in range(steps):
             start, stop = step * size, min(step * size + size, shard)
@@ -120,16 +115,18 @@ class TensorData:
                 yield prepare(self.x.index_select(0, idx)), None
 
     def local_key(self) -> tuple[Any, ...]:
+        """Identifies the tensors in this process (identity, storage, version): cheap, for reuse checks."""
         return tuple(_tensor_key(t) for t in (self.x, *(self.rest_full or [])))
 
     def content_key(self) -> str | None:
+        """The content hash of the tensors (for the disk cache's data fingerprint)."""
         return tensor_digest(enumerate_named([self.x, *(self.rest_full or [])]))
 
 
 class DatasetData:
     """A map-style dataset read through a ``DataLoader`` like the training one (same workers and collate)."""
 
-    def __init__(self, loader: DataLoader[Any], random_reason: str | None) -> None:
+    def __init__(self, loader: DataLoader[Any], random_reason: str | None = None) -> None:
         self.loader = loader
         self.dataset = loader.dataset
         self.num_samples = len(self.dataset)  # type: ignore[arg-type]
@@ -138,9 +135,11 @@ class DatasetData:
         self.kind: BatchKind | None = None  # known after the first batch
         self.random_reason = random_reason
 
-    def chunks(
-        self, rank: int, world: int, size: int, steps: int, seed: int, prepare: Prepare
-    ) -> Iterator[tuple[Tensor | None, list[Tensor] | None]]:
+    def chunks(self, rank: int, world: int, size: int, steps: int, seed: int, prepare: Prepare) -> Chunks:
+        """``steps`` chunks ``(inputs, other tensors)`` of samples ``rank, rank + world, ...``, then ``(None, None)``.
+
+        The dataset is read through a ``DataLoader`` like the training one; ``seed`` seeds its workers.
+        """
         src = self.loader
         workers = src.num_workers
         reader = DataLoader(
@@ -165,9 +164,11 @@ class DatasetData:
             yield None, None
 
     def local_key(self) -> tuple[Any, ...]:
+        """Identifies the dataset in this process."""
         return (id(self.dataset), self.num_samples)
 
     def content_key(self) -> str | None:
+        """The content hash of a dataset of a known type (``None`` for any other: it cannot be hashed)."""
         tensors = _dataset_tensors(self.dataset)
         if tensors is None:
             return None
@@ -178,6 +179,7 @@ class DatasetData:
 
 
 def enumerate_named(tensors: list[Tensor]) -> list[tuple[str, Tensor]]:
+    """``[("0", t0), ("1", t1), ...]``, as :func:`tensor_digest` wants them."""
     return [(str(i), t) for i, t in enumerate(tensors)]
 
 
@@ -186,8 +188,10 @@ def _tensor_key(t: Tensor) -> tuple[Any, ...]:
 
 
 def _dataset_tensors(dataset: Any) -> list[Tensor] | None:
-    """The tensors that fully determine the samples of a known dataset type; ``None`` for any other dataset
-    (its ``__getitem__`` may be arbitrary code, whose changes a content hash of its attributes would miss)."""
+    """The tensors that fully determine the samples of a known dataset type; ``None`` for any other dataset.
+
+    Any other dataset's ``__getitem__`` may be arbitrary code, whose changes a content hash would miss.
+    """
     if isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__:
         return list(dataset.tensors)
     if type(dataset) is TransformDataset:
@@ -236,6 +240,7 @@ class DeviceOrder:
         self._resume: tuple[int, int] | None = None
 
     def batches(self, device: torch.device) -> Iterator[Tensor]:
+        """This epoch's index batches on ``device``; advances the loader's epoch, as a pass over it would."""
         sampler, size = self.loader.sampler, self.loader.batch_size
         epoch = int(sampler.epoch)
         skip = 0
@@ -252,11 +257,13 @@ class DeviceOrder:
             yield order[start : start + size]
 
     def state_dict(self) -> dict[str, Any]:
+        """The position in the data stream, in :meth:`DeviceBatchLoader.state_dict`'s format."""
         if self._iter_epoch is None:
             return {"epoch": int(self.loader.sampler.epoch), "batches_served": 0, "seed": self.loader.seed}
         return {"epoch": self._iter_epoch, "batches_served": self._served, "seed": self.loader.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next pass serves the rest of the saved epoch."""
         epoch = int(state_dict.get("epoch", 0))
         served = int(state_dict.get("batches_served", 0))
         if served >= len(self.loader):
@@ -273,6 +280,7 @@ class SamplerOrder:
         self._drawn = False
 
     def batches(self, device: torch.device) -> Iterator[Tensor]:
+        """The batch sampler's index lists on ``device``, after drawing the base seed as a live pass would."""
         loader = self.loader
         if not (loader.persistent_workers and loader.num_workers > 0 and self._drawn):
             torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # DataLoader's base seed
@@ -282,10 +290,20 @@ class SamplerOrder:
             yield torch.as_tensor(indices, dtype=torch.long).to(device, non_blocking=True)
 
 
-def access(
-    loader: object, random_reason: Callable[[object], str | None]
-) -> tuple[TensorData | DatasetData, DeviceOrder | SamplerOrder]:
-    """The build-time reader and the batch order of a supported loader; TypeError for any other."""
+Data = TensorData | DatasetData
+Order = DeviceOrder | SamplerOrder
+
+
+def access(loader: object, augmented: str | None = None) -> tuple[Data, Order]:
+    """The build-time reader and the batch order of a supported loader.
+
+    Args:
+        loader: a :class:`~lightning_dnn.loading.DeviceBatchLoader` or a ``DataLoader`` over a map-style dataset.
+        augmented: why the data is known to be randomly augmented (e.g. by its data module), if it is.
+
+    Raises:
+        TypeError: any other loader.
+    """
     if isinstance(loader, DeviceBatchLoader):
         return TensorData(loader), DeviceOrder(loader)
     if isinstance(loader, DataLoader):
@@ -295,9 +313,11 @@ def access(
                 "cached by index); got "
                 + ("an IterableDataset" if isinstance(loader.dataset, IterableDataset) else "batch_size=None")
             )
-        return DatasetData(loader, random_reason(loader)), SamplerOrder(loader)
+        found = random_transforms(loader.dataset)
+        reason = augmented or (f"its dataset applies {', '.join(found)}" if found else None)
+        return DatasetData(loader, reason), SamplerOrder(loader)
     raise TypeError(
-        "FeatureCache serves cached features in place of a lightning_dnn.data.DeviceBatchLoader or a "
+        "FeatureCache serves cached features in place of a lightning_dnn.loading.DeviceBatchLoader or a "
         f"torch DataLoader over a map-style dataset; got a {type(loader).__name__}."
     )
 
@@ -312,21 +332,28 @@ class Served:
     rebuild: Rebuild
 
     def batch(self, idx: Tensor) -> Any:
+        """The cached batch of the samples ``idx``."""
         return self.rebuild(self.store.batch(self.view, idx))
 
 
+class Server(Protocol):
+    """Decides, at the start of each pass over a loader, which cache it serves (the per-fit session)."""
+
+    def serve(self, key: str, data: Data) -> Served | None:
+        """The cache of the pass over the loader ``key`` (``"train"``, ``"val0"``, ...), or ``None``: live."""
+        ...
+
+
 class CachedLoader:
-    """Iterates like ``inner``; each pass serves the cache when ``serve()`` returns one, else ``inner``.
+    """Iterates like ``inner``; each pass serves the cache when the server returns one, else ``inner``'s batches.
 
     ``sampler``/``batch_sampler`` are ``inner``'s, so Lightning's ``set_epoch`` calls reach them.
     """
 
-    def __init__(
-        self, inner: Any, order: DeviceOrder | SamplerOrder, serve: Callable[[], Served | None]
-    ) -> None:
+    def __init__(self, inner: Any, order: Order, server: Server, key: str, data: Data) -> None:
         self.inner = inner
         self.order = order
-        self._serve = serve
+        self._server, self._key, self._data = server, key, data
         self._live = True
 
     def __len__(self) -> int:
@@ -334,15 +361,17 @@ class CachedLoader:
 
     @property
     def sampler(self) -> Any:
+        """The wrapped loader's sampler."""
         return getattr(self.inner, "sampler", None)
 
     @property
     def batch_sampler(self) -> Any:
+        """The wrapped loader's batch sampler."""
         return getattr(self.inner, "batch_sampler", None)
 
     def __iter__(self) -> Iterator[Any]:
-        # A generator: `serve()` runs at the first `next()`, after the epoch-start hooks.
-        served = self._serve()
+        # A generator: `serve` runs at the first `next()`, after the epoch-start hooks (a LayerFreezer milestone).
+        served = self._server.serve(self._key, self._data)
         self._live = served is None
         if served is None:
             yield from self.inner
@@ -357,27 +386,16 @@ class StatefulCachedLoader(CachedLoader):
     order: DeviceOrder
 
     def state_dict(self) -> dict[str, Any]:
+        """The wrapped loader's state after a live pass, the cache's position after a cached one."""
         return dict(self.inner.state_dict()) if self._live else self.order.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume both the wrapped loader and the cached order."""
         self.inner.load_state_dict(state_dict)
         self.order.load_state_dict(state_dict)
 
 
-class CachingSource:
-    """A loop's data source whose loaders come out wrapped by ``wrap(loader, index)``."""
-
-    def __init__(self, original: Any, wrap: Callable[[object, int], object]) -> None:
-        self.original = original
-        self._wrap = wrap
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.original, name)
-
-    def dataloader(self) -> Any:
-        loaders = self.original.dataloader()
-        if isinstance(loaders, list | tuple):
-            return type(loaders)(self._wrap(dl, i) for i, dl in enumerate(loaders))
-        if isinstance(loaders, dict):
-            return {k: self._wrap(dl, i) for i, (k, dl) in enumerate(loaders.items())}
-        return self._wrap(loaders, 0)
+def cached_loader(inner: Any, order: Order, server: Server, key: str, data: Data) -> CachedLoader:
+    """Wrap ``inner``: a stateful wrapper for a :class:`DeviceBatchLoader`, whose position Lightning saves."""
+    wrapper = StatefulCachedLoader if isinstance(order, DeviceOrder) else CachedLoader
+    return wrapper(inner, order, server, key, data)

@@ -3,7 +3,7 @@
 The zoo (``zoo/`` in the repository) holds one Hub-format folder per entry (``config.json``,
 ``model.safetensors``, ``README.md``) with the recipe that trains it (``recipe.yaml``, a LightningCLI config), and
 ``zoo/index.json``, which pins each entry to a Hub repo, a commit and the sha256 of each file
-(:mod:`lightning_dnn.hub.zoo`). The commands:
+(:mod:`lightning_dnn.hub.zoo`); the package ships a copy of that index. The commands:
 
 * ``list``: the entries with their repo, accuracy, license, and whether they are available offline (``local``: a
   verified folder in this clone; ``cached``: a verified copy in the Hugging Face cache);
@@ -11,14 +11,18 @@ The zoo (``zoo/`` in the repository) holds one Hub-format folder per entry (``co
 * ``pull NAME``: download the pinned files from the Hub into the Hugging Face cache, verify their sha256 and that
   they load; prints the folder (``--local-dir`` copies the files there too);
 * ``build NAME``: retrain from the recipe and compare the metrics with the index (see
-  :func:`~lightning_dnn.hub._zoo_build.build_entry`); exit code 1 when a checked metric is outside
+  :func:`~lightning_dnn.cli._zoo_build.build_entry`); exit code 1 when a checked metric is outside
   ``--tolerance``;
 * ``publish NAME --repo-id ORG/NAME``: upload the entry's folder with
   :func:`~lightning_dnn.hub.push_to_hub`, then pin the index entry to that repo and the commit the Hub returned.
 
+``list``, ``info`` and ``pull`` read ``--index``, else ``$LIGHTNING_DNN_ZOO_INDEX``, else the packaged index;
+``build`` and ``publish`` write ``--index``, else ``$LIGHTNING_DNN_ZOO_INDEX``, else the checkout's
+``zoo/index.json``, and then copy it into the package (:func:`~lightning_dnn.cli._zoo_repo.update_index`).
+
 Revisions: an entry that was never published is pinned to its *canonical publication commit*, the sha of a
 one-commit repository built from its files with a fixed author, date and message (see
-:mod:`lightning_dnn.hub._zoo_repo`), so the pin is stable and a mirror built from the folder serves exactly it;
+:mod:`lightning_dnn.cli._zoo_repo`), so the pin is stable and a mirror built from the folder serves exactly it;
 ``publish`` replaces it with the Hub's commit. Exit codes: 0 success, 1 the operation failed (download, checksum,
 metrics out of tolerance), 2 invalid arguments or unknown names.
 """
@@ -28,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -36,18 +39,25 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dnn._checks import unknown_name_error
-from lightning_dnn.hub._io import CARD_NAME, CONFIG_NAME
-from lightning_dnn.hub._zoo_build import RECIPE_NAME, BuildResult, build_entry
-from lightning_dnn.hub._zoo_repo import canonical_commit, update_index
+from lightning_dnn.cli._zoo_build import RECIPE_NAME, BuildResult, build_entry
+from lightning_dnn.cli._zoo_inspect import (
+    availability,
+    cached_folder,
+    card_summary,
+    local_state,
+    revision_kind,
+)
+from lightning_dnn.cli._zoo_repo import maintainers_index_path, update_index
+from lightning_dnn.hub._download import fetch_repo_folder
+from lightning_dnn.hub._names import COMMIT, REPO_ID
 from lightning_dnn.hub.errors import HubDownloadError
+from lightning_dnn.hub.load import load_pretrained
+from lightning_dnn.hub.push import push_to_hub
 from lightning_dnn.hub.zoo import ZOO_INDEX_ENV, ZooEntry, default_index_path, load_zoo_index
 
 __all__ = ["BuildResult", "build_entry", "zoo_main"]
 
 log = logging.getLogger(__name__)
-
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 class _CommandError(Exception):
@@ -109,11 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-dnn zoo",
         description="List, inspect, download, rebuild and publish the lightning-dnn model zoo.",
-        epilog=f"The index is zoo/index.json of this checkout, or ${ZOO_INDEX_ENV}, or --index.",
+        epilog=f"list/info/pull read --index, else ${ZOO_INDEX_ENV}, else the index packaged with lightning-dnn; "
+        f"build/publish write --index, else ${ZOO_INDEX_ENV}, else zoo/index.json of this checkout (and copy it "
+        "into the package).",
     )
-    parser.add_argument(
-        "--index", type=Path, help=f"the zoo index file (default: ${ZOO_INDEX_ENV} or zoo/index.json)"
-    )
+    parser.add_argument("--index", type=Path, help="the zoo index file (see below for the default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list the entries")
@@ -183,7 +193,7 @@ def _list(args: argparse.Namespace) -> int:
             "revision": e.revision,
             "metrics": dict(e.metrics),
             "license": e.license,
-            "offline": _availability(e),
+            "offline": availability(e),
         }
         for e in index.values()
     ]
@@ -214,21 +224,21 @@ def _list(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     entry = _lookup(args)
-    local_state, local = _local_state(entry)
-    folder = local if local is not None else _cached_folder(entry)
+    state, local = local_state(entry)
+    folder = local if local is not None else cached_folder(entry)
     recipe = (entry.local_path / RECIPE_NAME) if entry.local_path is not None else None
     details: dict[str, Any] = {
         "name": entry.name,
         "repo_id": entry.repo_id,
         "revision": entry.revision,
-        "revision_kind": _revision_kind(entry, local),
+        "revision_kind": revision_kind(entry, local),
         "license": entry.license,
         "metrics": dict(entry.metrics),
         "files": dict(entry.files),
         "local_folder": str(entry.local_path) if entry.local_path is not None else None,
-        "local_state": local_state,
+        "local_state": state,
         "recipe": str(recipe) if recipe is not None and recipe.is_file() else None,
-        "card": _card_summary(folder) if folder is not None else None,
+        "card": card_summary(folder) if folder is not None else None,
     }
     if args.json:
         _write(json.dumps(details, indent=2))
@@ -239,7 +249,7 @@ def _info(args: argparse.Namespace) -> int:
     _write(f"  license:   {entry.license or '-'}")
     shown = ", ".join(f"{key} {_number(value)}" for key, value in sorted(entry.metrics.items()))
     _write(f"  metrics:   {shown or '-'}")
-    _write(f"  folder:    {details['local_folder'] or '-'} ({local_state})")
+    _write(f"  folder:    {details['local_folder'] or '-'} ({state})")
     _write(f"  recipe:    {details['recipe'] or '-'}")
     if details["recipe"]:
         _write(f"             rebuild with: lightning-dnn zoo build {entry.name}")
@@ -263,9 +273,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from lightning_dnn.hub._download import fetch_repo_folder
-    from lightning_dnn.hub.load import load_pretrained
-
     entry = _lookup(args)
     try:
         folder = fetch_repo_folder(
@@ -327,12 +334,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from lightning_dnn.hub.push import push_to_hub
-
-    if not _REPO_ID.fullmatch(args.repo_id):
+    if not REPO_ID.fullmatch(args.repo_id):
         raise _CommandError(f"--repo-id must look like 'org/name', got {args.repo_id!r}", 2)
-    entry = _lookup(args)
-    state, folder = _local_state(entry)
+    entry = _lookup(args, _written_index_path(args))
+    state, folder = local_state(entry)
     if folder is None:
         raise _CommandError(
             f"zoo entry {entry.name!r} has no verified local folder to publish ({state}); run "
@@ -348,13 +353,13 @@ def _publish(args: argparse.Namespace) -> int:
         commit_message=f"{entry.name}: publish",
     )
     oid = str(getattr(info, "oid", "") or "")
-    if not _COMMIT.fullmatch(oid):
+    if not COMMIT.fullmatch(oid):
         raise _CommandError(
             f"the Hub answered commit id {oid!r}, not a 40-hex sha; the index was not changed", 1
         )
-    update_index(_index_path(args), entry.name, {"repo_id": args.repo_id, "revision": oid})
+    update_index(_written_index_path(args), entry.name, {"repo_id": args.repo_id, "revision": oid})
     _write(f"published zoo:{entry.name} to hf://{args.repo_id}@{oid}")
-    _write(f"index updated: {_index_path(args)}")
+    _write(f"index updated: {_written_index_path(args)}")
     return 0
 
 
@@ -368,127 +373,24 @@ def _write(text: str) -> None:
 
 
 def _index_path(args: argparse.Namespace) -> Path:
+    """The index that list/info/pull read."""
     return Path(args.index) if args.index is not None else default_index_path()
 
 
-def _index(args: argparse.Namespace) -> dict[str, ZooEntry]:
+def _written_index_path(args: argparse.Namespace) -> Path:
+    """The index that build/publish write (the maintainers' one, mirrored into the package)."""
+    return Path(args.index) if args.index is not None else maintainers_index_path()
+
+
+def _index(args: argparse.Namespace, path: Path | None = None) -> dict[str, ZooEntry]:
     try:
-        return load_zoo_index(_index_path(args))
+        return load_zoo_index(path if path is not None else _index_path(args))
     except (FileNotFoundError, ValueError) as err:
         raise _CommandError(str(err), 2) from None
 
 
-def _lookup(args: argparse.Namespace) -> ZooEntry:
-    index = _index(args)
+def _lookup(args: argparse.Namespace, path: Path | None = None) -> ZooEntry:
+    index = _index(args, path)
     if args.name not in index:
         raise _CommandError(str(unknown_name_error("zoo model", args.name, index)), 2)
     return index[args.name]
-
-
-def _local_state(entry: ZooEntry) -> tuple[str, Path | None]:
-    """``(state, folder)``: the folder when the clone holds it with the pinned hashes."""
-    from lightning_dnn.hub._download import verify_sha256
-
-    path = entry.local_path
-    if path is None:
-        return "no local folder in the index", None
-    if not path.is_dir():
-        return "absent", None
-    stale = [n for n, sha in entry.files.items() if not (path / n).is_file() or verify_sha256(path / n, sha)]
-    if stale:
-        return f"differs from the index: {', '.join(sorted(stale))}", None
-    return "verified", path
-
-
-def _cached_folder(entry: ZooEntry) -> Path | None:
-    """The Hugging Face cache's snapshot of the pinned commit, when it holds every pinned file verified."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from lightning_dnn.hub._download import verify_sha256
-
-    folder: Path | None = None
-    for name, sha in entry.files.items():
-        try:
-            cached = try_to_load_from_cache(entry.repo_id, name, revision=entry.revision)
-        except Exception:  # a malformed cache means "not cached"
-            return None
-        if not isinstance(cached, str) or verify_sha256(Path(cached), sha):
-            return None
-        folder = Path(cached).parent
-    return folder
-
-
-def _availability(entry: ZooEntry) -> str | None:
-    if _local_state(entry)[1] is not None:
-        return "local"
-    return "cached" if _cached_folder(entry) is not None else None
-
-
-def _revision_kind(entry: ZooEntry, local: Path | None) -> str:
-    if local is None:
-        return "pinned commit"
-    try:
-        unpublished = canonical_commit(local, entry.name) == entry.revision
-    except (FileNotFoundError, ValueError):
-        return "pinned commit"
-    if unpublished:
-        return "canonical local commit (not published to the Hub yet: lightning-dnn zoo publish)"
-    return "pinned commit (published)"
-
-
-def _card_summary(folder: Path) -> dict[str, Any] | None:
-    """Title, description and front matter of README.md, with architecture and data from config.json."""
-    import yaml
-
-    card_path, config_path = folder / CARD_NAME, folder / CONFIG_NAME
-    if not card_path.is_file() or not config_path.is_file():
-        return None
-    text = card_path.read_text(encoding="utf-8")
-    front: dict[str, Any] = {}
-    body = text
-    if text.startswith("---"):
-        _, _, rest = text.partition("---\n")
-        head, _, body = rest.partition("\n---")
-        loaded = yaml.safe_load(head)
-        front = loaded if isinstance(loaded, dict) else {}
-    lines = [line.strip() for line in body.splitlines()]
-    heading = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
-    title = lines[heading][2:] if heading is not None else folder.name
-    paragraph: list[str] = []
-    for line in lines[(heading or -1) + 1 :]:
-        if line.startswith("#") or (not line and paragraph):
-            break
-        if line:
-            paragraph.append(line)
-    document = json.loads(config_path.read_text(encoding="utf-8"))
-    metadata = document.get("metadata") or {}
-    weights = folder / "model.safetensors"
-    return {
-        "title": title,
-        "description": " ".join(paragraph),
-        "architecture": document.get("architecture"),
-        "dataset": metadata.get("dataset"),
-        "classes": metadata.get("classes"),
-        "parameters": _parameter_count(weights) if weights.is_file() else None,
-        "datasets": front.get("datasets"),
-        "tags": front.get("tags"),
-        "license": front.get("license"),
-    }
-
-
-def _parameter_count(weights: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(weights), framework="pt") as f:
-        for key in f.keys():
-            if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-                total += int(_numel(f.get_slice(key).get_shape()))
-    return total
-
-
-def _numel(shape: Sequence[int]) -> int:
-    out = 1
-    for dim in shape:
-        out *= int(dim)
-    return out

@@ -3,16 +3,16 @@
 :func:`build_entry` runs the recipe (a LightningCLI config, ``zoo/<name>/recipe.yaml``) through
 :class:`~lightning_dnn.cli.DNNCLI` (``trainer.fit``, ``trainer.validate`` when there is a validation split,
 ``trainer.test``), writes the trained network with :func:`~lightning_dnn.hub.save_pretrained` into a staging folder
-(metrics from those runs, dataset, classes, a model card that names the recipe), and compares the metrics with
-the index entry. Only then does it move the files into place: into ``--output`` (any folder), or into the zoo
-folder together with a new index entry (file hashes, metrics, and the canonical publication commit of
-:mod:`lightning_dnn.hub._zoo_repo` as the pinned revision) when the checked metrics are within the tolerance.
+(metrics from those runs, dataset, classes, the zoo name and the recipe, all of which the hub's one card renderer
+shows), and compares the metrics with the index entry. Only then does it move the files into place: into
+``--output`` (any folder), or into the zoo folder together with a new index entry (file hashes, metrics, and the
+canonical publication commit of :mod:`lightning_dnn.cli._zoo_repo` as the pinned revision) when the checked
+metrics are within the tolerance.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import os
@@ -29,10 +29,11 @@ from typing import Any
 from torch import nn
 
 from lightning_dnn._checks import check_int, check_number
+from lightning_dnn.cli._zoo_repo import canonical_commit, file_hashes, maintainers_index_path, update_index
+from lightning_dnn.cli.training import DNNCLI
 from lightning_dnn.hub._io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, write_folder_atomically
-from lightning_dnn.hub._zoo_repo import canonical_commit, file_hashes, update_index
 from lightning_dnn.hub.save import save_pretrained
-from lightning_dnn.hub.zoo import ZooEntry, default_index_path, load_zoo_index
+from lightning_dnn.hub.zoo import ZooEntry, load_zoo_index
 
 __all__ = [
     "DEFAULT_LICENSE",
@@ -40,6 +41,7 @@ __all__ = [
     "RECIPE_NAME",
     "BuildResult",
     "build_entry",
+    "card_options",
     "recipe_description",
 ]
 
@@ -138,7 +140,8 @@ def build_entry(
 
     Args:
         name: the zoo name; its recipe is ``<zoo>/<name>/recipe.yaml`` (``<zoo>`` is the index's folder).
-        index: the index file (default :func:`~lightning_dnn.hub.zoo.default_index_path`).
+        index: the index file (default :func:`~lightning_dnn.cli._zoo_repo.maintainers_index_path`, the
+            checkout's ``zoo/index.json``, which is copied into the package whenever it is written).
         recipe: another recipe file to train with.
         output: write the folder (and a copy of the recipe) here, whatever the comparison says, and leave the zoo
             and the index alone. ``None``: write into the zoo folder and update the index entry, only when the
@@ -165,7 +168,7 @@ def build_entry(
             ...
         ValueError: Unknown zoo entry 'digits-mlp-classes0-5'. Did you mean 'digits-mlp-classes0-4'?...
     """
-    index_path = Path(index) if index is not None else default_index_path()
+    index_path = Path(index) if index is not None else maintainers_index_path()
     tolerance = check_number("tolerance", tolerance, low=0.0)
     if max_epochs is not None:
         max_epochs = check_int("max_epochs", max_epochs, low=1)
@@ -194,7 +197,7 @@ def build_entry(
         metadata["metrics"] = metrics
         metadata["license"] = (entry.license if entry is not None else None) or DEFAULT_LICENSE
         metadata["zoo_name"] = name
-        card = _card(name, recipe_description(recipe_path), metadata, net)
+        card = card_options(name, recipe_path)
         staging = save_pretrained(net, Path(tmp) / name, card=card, metadata=metadata)
         result = BuildResult(
             name=name,
@@ -235,8 +238,6 @@ def train_recipe(
 
     The metadata holds the dataset, the class names, the source labels, the split sizes and the epochs trained.
     """
-    from lightning_dnn.cli import DNNCLI
-
     args = ["--config", str(recipe), "--trainer.default_root_dir", str(work_dir)]
     if max_epochs is not None:
         args += ["--trainer.max_epochs", str(max_epochs)]
@@ -282,13 +283,13 @@ def train_recipe(
 
 
 def recipe_description(recipe: str | os.PathLike[str]) -> str:
-    """The recipe's leading comment block as prose (command lines, indented in the comment, are left out).
+    r"""The recipe's leading comment block as prose (command lines, indented in the comment, are left out).
 
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = Path(tmp) / "recipe.yaml"
-        ...     _ = path.write_text("# A small net,\\n# trained briefly.\\n#   lightning-dnn zoo build x\\nseed: 1\\n")
+        ...     _ = path.write_text("# A small net,\n# trained briefly.\n#   lightning-dnn zoo build x\nseed: 1\n")
         ...     print(recipe_description(path))
         A small net, trained briefly.
     """
@@ -300,6 +301,23 @@ def recipe_description(recipe: str | os.PathLike[str]) -> str:
             continue
         words.append(line[1:].strip())
     return " ".join(words)
+
+
+def card_options(name: str, recipe: str | os.PathLike[str]) -> dict[str, str]:
+    r"""The ``card`` options of a zoo entry's model card: its zoo name as title, the recipe's comment as description.
+
+    The rest of the card comes from config.json's metadata (the zoo name, the recipe, the training facts), through
+    the hub's one renderer (:func:`~lightning_dnn.hub.save_pretrained`).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "recipe.yaml"
+        ...     _ = path.write_text("# A small net.\nseed: 1\n")
+        ...     card_options("m", path)
+        {'title': 'm', 'description': 'A small net.'}
+    """
+    return {"title": name, "description": recipe_description(recipe)}
 
 
 # ----------------------------------------------------------------------------------------------- internals
@@ -347,60 +365,6 @@ def _split_sizes(data: Any) -> dict[str, int]:
         except (AttributeError, ValueError, RuntimeError):
             continue
     return sizes
-
-
-def _card(name: str, description: str, metadata: Mapping[str, Any], net: nn.Module) -> str:
-    from lightning_dnn.hub.architectures import architecture_of
-
-    spec = architecture_of(net)
-    config = spec.config_of(net)
-    lower = "hidden" if spec.name == "MLP" else "conv"
-    lines = [f"# {name}", "", description or f"A lightning-dnn {spec.name}.", ""]
-    lines += [
-        "## Use it",
-        "",
-        "```python",
-        "from lightning_dnn.hub import load_pretrained",
-        "",
-        f'net, report = load_pretrained("zoo:{name}")  # pinned commit, sha256-verified',
-        "# reuse the lower layers under a new head (new_net: the same architecture, other outputs):",
-        f'net, report = load_pretrained("zoo:{name}", include="{lower}", into=new_net)',
-        "```",
-        "",
-        "Weights are safetensors (no pickle).",
-        "",
-        "## Recipe",
-        "",
-        f"Trained by `lightning-dnn zoo build {name}` from `{RECIPE_NAME}` (a LightningCLI config, in the",
-        f"lightning-dnn repository under `zoo/{name}/`); the same file trains it with",
-        f"`lightning-dnn fit --config zoo/{name}/{RECIPE_NAME}`.",
-        "",
-        "## Training data",
-        "",
-        f"- dataset: `{metadata.get('dataset', 'unknown')}`",
-    ]
-    classes, labels = metadata.get("classes"), metadata.get("labels")
-    if classes:
-        pairs = zip(classes, labels or range(len(classes)), strict=False)
-        shown = ", ".join(f"`{cls}` (label {label})" for cls, label in pairs)
-        lines.append(f"- classes, in output order: {shown}")
-    training = metadata.get("training") or {}
-    if training.get("samples"):
-        lines.append("- samples: " + ", ".join(f"{k} {v}" for k, v in training["samples"].items()))
-    if training.get("epochs") is not None:
-        best = ""
-        if "best_epoch" in training:
-            best = f" (weights of epoch {training['best_epoch'] + 1}, the best {training.get('monitor')})"
-        lines.append(f"- epochs: {training['epochs']}{best}")
-    lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-    for key, value in sorted(metadata.get("metrics", {}).items()):
-        lines.append(f"| {key} | {value:.4f} |")
-    lines += ["", "## Architecture", "", f"`lightning_dnn.nn.{spec.name}` built with:", ""]
-    lines += ["| argument | value |", "|---|---|"]
-    lines += [f"| `{key}` | `{json.dumps(value)}` |" for key, value in config.items()]
-    parameters = sum(p.numel() for p in net.parameters())
-    lines += ["", f"{parameters:,} parameters.", "", "## License", "", str(metadata.get("license")), ""]
-    return "\n".join(lines)
 
 
 def _move_in(staging: Path, target: Path, recipe: Path) -> Path:

@@ -1,20 +1,6 @@
-"""Where :class:`~lightning_dnn.callbacks.FeatureCache` keeps features: memory, pinned memory or files.
+"""The cache's storage, :class:`FeatureStore`, and :func:`tensor_digest`, the hash behind its fingerprints.
 
-A :class:`FeatureStore` holds ``K`` views of ``N`` samples: the features ``[K, N, *F]`` and the batch's other
-tensors (labels, ...) ``[K, N, *R]``, and serves a batch of sample indices as one ``index_select`` per tensor.
-
-* ``"device"``: tensors on the training device (plain memory on a CPU run).
-* ``"pinned"``: page-locked host memory; a batch is gathered into a pinned buffer and copied to the GPU
-  asynchronously (PyTorch's caching host allocator keeps the buffer alive until the copy is done).
-* ``"disk"``: ``.npy`` files opened as memory maps. An entry is a directory written under a temporary name,
-  completed by ``manifest.json`` (the fingerprint, the arrays' shapes and dtypes) and then renamed into place
-  (``os.rename`` of a directory is atomic on POSIX). A reader trusts a directory only when its manifest is
-  there, names the expected fingerprint and matches the files; a crash mid-build leaves at most a ``.tmp-*``
-  directory, which is never read.
-
-:func:`tensor_digest` is the content hash behind the fingerprints: per tensor, a 128-bit modular hash computed
-where the tensor lives (two odd-weighted int64 sums of its 32-bit words per 1 MiB chunk, chained across chunks),
-so checking a GPU trunk's weights needs no host copy. Changing any single word always changes it.
+Features live in device memory, page-locked host memory or ``.npy`` memory maps.
 """
 
 from __future__ import annotations
@@ -34,7 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureStore", "StorageKind", "choose_storage", "host_memory_available", "tensor_digest"]
+__all__ = [
+    "FORMAT_VERSION",
+    "FeatureStore",
+    "StorageKind",
+    "choose_storage",
+    "host_memory_available",
+    "tensor_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +41,10 @@ _NUMPY_SAME_SIZE = {torch.bfloat16: np.uint16}  # torch dtypes numpy lacks: stor
 
 def tensor_digest(named: Iterable[tuple[str, Tensor]]) -> str:
     """A hex digest of names, dtypes, shapes and contents; computed on each tensor's own device.
+
+    Per tensor, a 128-bit modular hash computed where the tensor lives (two odd-weighted int64 sums of its
+    32-bit words per 1 MiB chunk, chained across chunks), so checking a GPU trunk's weights needs no host copy.
+    Changing any single word always changes it.
 
     Example:
         >>> a = torch.arange(6.0)
@@ -126,6 +123,18 @@ def choose_storage(requested: str, nbytes: int, budget: int | None, device: torc
 
 class FeatureStore:
     """``K`` views x ``N`` samples of features and other per-sample tensors, served by index.
+
+    The features are held as ``[K, N, *F]`` and the batch's other tensors (labels, ...) as ``[K, N, *R]``; a
+    batch of sample indices is one ``index_select`` per tensor. Kinds of storage:
+
+    * ``"device"``: tensors on the training device (plain memory on a CPU run).
+    * ``"pinned"``: page-locked host memory; a batch is gathered into a pinned buffer and copied to the GPU
+      asynchronously (PyTorch's caching host allocator keeps the buffer alive until the copy is done).
+    * ``"disk"``: ``.npy`` files opened as memory maps. An entry is a directory written under a temporary name,
+      completed by ``manifest.json`` (the fingerprint, the arrays' shapes and dtypes) and then renamed into
+      place (``os.rename`` of a directory is atomic on POSIX). A reader trusts a directory only when its
+      manifest is there, names the expected fingerprint and matches the files; a crash mid-build leaves at most
+      a ``.tmp-*`` directory, which is never read.
 
     Use :meth:`allocate` to create one to fill with :meth:`write`, :meth:`open` to read a committed disk entry.
 

@@ -1,13 +1,8 @@
-"""Keys and disk layout of :class:`~lightning_dnn.callbacks.FeatureCache`.
+"""The cache's keys (model and data fingerprints) and its directory of entries and trunk plans.
 
-* A cache is keyed by two fingerprints: the **model** fingerprint (format, split, trunk plan, precision, views and
-  their seed, and the content hash of the trunk's parameters and buffers) and the **data** fingerprint (the
-  content hash of the data's tensors, or the user's ``data_id``; data known only through an opaque dataset gets a
-  run-local key and is never reused).
-* ``<root>/<split>-<model>-<data>/`` holds an entry (see :class:`FeatureStore`): listing ``<split>-<model>-*``
-  tells whether hashing the data is worth it.
-* ``<root>/plans/<plan key>.json`` remembers the trunk found for a network architecture, boundary request and set
-  of frozen parameters, so a later run that finds its entry on disk needs no forward pass at all.
+Layout under the root: ``<split>-<model>-<data>/`` holds an entry (see :class:`FeatureStore`), and
+``plans/<plan key>.json`` remembers the trunk found for an architecture, boundary request and set of frozen
+parameters, so a later run that finds its entry on disk needs no forward pass at all.
 """
 
 from __future__ import annotations
@@ -22,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_dnn.callbacks._feature_store import FORMAT_VERSION, FeatureStore, tensor_digest
-from lightning_dnn.callbacks._feature_trunk import TrunkPlan, trunk_tensors
+from lightning_dnn.callbacks.feature_cache._plan import TrunkPlan
+from lightning_dnn.callbacks.feature_cache._store import FORMAT_VERSION, FeatureStore, tensor_digest
+from lightning_dnn.callbacks.feature_cache._trunk import trunk_tensors
 
-__all__ = ["DiskCache", "model_fingerprint", "plan_key"]
+__all__ = ["DiskCache", "data_fingerprint", "model_fingerprint", "plan_key"]
 
 _SHOWN = 24  # hex digits of each fingerprint in a directory name
 
@@ -55,13 +51,19 @@ def plan_key(request: str | None, network_name: str, network: nn.Module) -> str:
 
 
 def model_fingerprint(pl_module: nn.Module, plan: TrunkPlan, **settings: Any) -> str:
-    """The model side of a cache key: ``settings`` (split, precision, views, ...), the plan and the weights."""
+    """The model side of a cache key: ``settings`` (split, precision, views, ...), the plan and the weights.
+
+    The weights enter as the content hash of the trunk's parameters and buffers (:func:`tensor_digest`).
+    """
     weights = tensor_digest(trunk_tensors(pl_module, plan))
     return _sha({"format": FORMAT_VERSION, "plan": plan.to_json(), "weights": weights, **settings})
 
 
 def data_fingerprint(content: str, num_samples: int) -> str:
-    """The data side of a cache key, from a content hash (or ``"id:<data_id>"``)."""
+    """The data side of a cache key, from a content hash (or the user's ``"id:<data_id>"``).
+
+    Data known only through an opaque dataset gets a run-local key instead, and is never reused.
+    """
     return _sha({"content": content, "samples": num_samples})
 
 

@@ -1,0 +1,265 @@
+"""The build pass: every sample's features, computed once across ranks into a store the session allocates.
+
+Rank ``r`` of ``W`` reads samples ``r, r + W, ...`` in chunks of ``size``; every rank runs
+``ceil(ceil(N / W) / size)`` chunks (empty ones at the end are padded), and one ``all_gather`` per chunk and
+tensor puts chunk ``j`` of every rank at rows ``j * size * W ...`` of the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_dnn.callbacks.feature_cache._loaders import Data
+from lightning_dnn.callbacks.feature_cache._plan import METHOD, TrunkPlan, trace_forward
+from lightning_dnn.callbacks.feature_cache._store import FeatureStore, StorageKind
+from lightning_dnn.callbacks.feature_cache._trunk import Shadow, TrunkRunner, capture_boundary, max_difference
+
+if TYPE_CHECKING:
+    from lightning_dnn.callbacks.feature_cache._session import CacheSession
+
+__all__ = ["Built", "CutRejected", "build_features", "isolated_rng", "load_into_memory", "mix_seed"]
+
+
+class CutRejected(Exception):
+    """``network(cached features)`` does not reproduce ``network(inputs)`` for ``plan``; the message says why."""
+
+    def __init__(self, message: str, plan: TrunkPlan) -> None:
+        super().__init__(message)
+        self.plan = plan
+
+
+@dataclass
+class Built:
+    """A finished build: the trunk it cut, the filled store and the two halves of its fingerprint."""
+
+    plan: TrunkPlan
+    store: FeatureStore
+    model_fp: str
+    data_fp: str
+
+
+@dataclass
+class _Pass:
+    """One build in progress: what it reads, where it writes, and the row templates of the gathered tensors."""
+
+    session: CacheSession
+    key: str
+    data: Data
+    views: int
+    size: int
+    plan: TrunkPlan | None
+    built: Built | None = None
+    templates: list[Tensor] = field(default_factory=list)
+
+
+def build_features(
+    session: CacheSession, key: str, data: Data, plan: TrunkPlan | None, views: int
+) -> Built | None:
+    """Fill a store with the features of every sample (and the batches' other tensors).
+
+    The network runs in eval mode under ``no_grad`` and the precision context. The first chunk runs the whole
+    network: it yields the trace (when ``plan`` is ``None``; the session turns it into a plan), the features,
+    and the reference output against which ``network(features)`` with the trunk skipped is checked. The later
+    chunks stop at the boundary. Augmented views are read with the random generators seeded per
+    ``(seed, view, rank)`` and restored afterwards, so building never moves the training run's random streams.
+
+    Args:
+        session: the per-fit session: runtime, module, options; it plans and allocates the store.
+        key: the loader's key (``"train"``, ``"val0"``, ...).
+        data: the reader of the loader's samples.
+        plan: the trunk, or ``None`` to trace the network on the first chunk.
+        views: the number of (augmented) views per sample.
+
+    Returns:
+        The build, or ``None`` when the trace shows nothing to cache.
+
+    Raises:
+        CutRejected: the network's output from the cached features differs from its output on the inputs.
+    """
+    runtime = session.runtime
+    world, n = runtime.world_size, data.num_samples
+    if n < world:
+        raise ValueError(f"FeatureCache: {n} samples cannot be shared by {world} processes")
+    size = session.options.batch_size or data.batch_size
+    job = _Pass(session, key, data, views, size, plan)
+    network = session.module.get_submodule(session.network_name)
+    modes = [(m, m.training) for m in network.modules()]
+    network.eval()
+    try:
+        with torch.no_grad(), runtime.precision_context(), contextlib.ExitStack() as stack:
+            if not _run_views(job, stack):
+                return None
+    except BaseException:
+        if job.built is not None:
+            job.built.store.abort()
+        raise
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return job.built
+
+
+def _run_views(job: _Pass, stack: contextlib.ExitStack) -> bool:
+    """Compute and store every view; ``False`` when the first chunk shows that nothing is cacheable."""
+    runtime = job.session.runtime
+    world, rank = runtime.world_size, runtime.global_rank
+    steps = math.ceil(math.ceil(job.data.num_samples / world) / job.size)
+    runner: TrunkRunner | None = None
+    for view in range(job.views):
+        seed = mix_seed(job.session.options.seed, view, rank)
+        with isolated_rng(seed):
+            for step, (x, rest) in enumerate(
+                job.data.chunks(rank, world, job.size, steps, seed, runtime.prepare_batch)
+            ):
+                if runner is None:
+                    feats = _first_chunk(job, x, rest)
+                    if feats is None or job.built is None:
+                        return False
+                    runner = stack.enter_context(TrunkRunner(job.session.module, job.built.plan))
+                else:
+                    feats = None if x is None else runner(x)
+                _write(job, view, step, feats, rest)
+        if job.data.rest_full is not None and job.built is not None:
+            job.built.store.write(view, 0, job.data.rest_full, first=1)
+    return True
+
+
+def _first_chunk(job: _Pass, x: Any, rest: list[Tensor] | None) -> Tensor | None:
+    """Trace or capture the first chunk, check the cut, allocate the store; the chunk's features."""
+    session = job.session
+    if x is None:  # n >= world: every rank has samples in its first chunk
+        raise RuntimeError("FeatureCache: the first chunk of the build is empty")
+    found = _features(job, x)
+    if found is None:
+        return None
+    plan, output, features = found
+    _check_cut(job, plan, output, features)
+    job.templates = [features[:1], *(r[:1] for r in rest or [])]
+    full_rest = job.data.rest_full if job.data.rest_full is not None else rest or []
+    rows = [features[0], *(r[0] for r in full_rest)]
+    job.built = session.allocate(job.key, job.data, plan, rows, job.views)
+    return features
+
+
+def _features(job: _Pass, x: Any) -> tuple[TrunkPlan, Any, Tensor] | None:
+    """``(plan, network output, boundary output)`` on the first chunk; the plan comes from a trace if unknown."""
+    session = job.session
+    module, name = session.module, session.network_name
+    network = module.get_submodule(name)
+    try:
+        if job.plan is not None:
+            return (job.plan, *capture_boundary(module, job.plan, x))
+        frozen = {n for n, m in module.named_modules() if all(not p.requires_grad for p in m.parameters())}
+        frozen.add(f"{name}.{METHOD}".lstrip("."))
+        output, trace, captured = trace_forward(
+            network, name, x, method=session.options.method, capture=frozen.__contains__
+        )
+    except NotImplementedError as err:
+        raise TypeError(
+            f"FeatureCache calls the network ({type(network).__name__}) with the batch's inputs, but its forward "
+            "is not implemented; keep the layers in a submodule (e.g. self.net) or define forward."
+        ) from err
+    plan = session.plan_from_trace(trace)
+    if plan is None:
+        return None
+    job.plan = plan
+    return plan, output, captured[plan.boundary]
+
+
+def _check_cut(job: _Pass, plan: TrunkPlan, output: Any, features: Tensor) -> None:
+    """Raise :class:`CutRejected` unless ``network(features)`` with the trunk skipped reproduces ``output``."""
+    module = job.session.module
+    check = Shadow()
+    check.apply(module, plan)
+    try:
+        replay = module.get_submodule(job.session.network_name)(features)
+    finally:
+        check.remove()
+    diff, scale = max_difference(output, replay), max_difference(output, _zeros_like(output))
+    exact = features.dtype in (torch.float32, torch.float64)
+    tol = 1e-5 + 1e-4 * scale if exact else 1e-3 + 1e-2 * scale
+    if not job.session.runtime.all_agree(diff <= tol):
+        raise CutRejected(
+            f"FeatureCache: the network's output computed from the cached output of {plan.boundary} differs from "
+            f"its output on the inputs (max |diff| {diff:.3g}): its forward transforms the inputs before the "
+            "boundary with code that is not a module, or runs trunk modules again after it. Cache an "
+            "nn.Sequential-like network, or use boundary='forward_features' with forward_features/forward_head.",
+            plan,
+        )
+
+
+def _write(job: _Pass, view: int, step: int, feats: Tensor | None, rest: list[Tensor] | None) -> None:
+    """Gather one chunk from every rank and store it at its rows."""
+    runtime, size, n = job.session.runtime, job.size, job.data.num_samples
+    world = runtime.world_size
+    values: list[Tensor | None] = [feats, *(rest or [])] if feats is not None else [None] * len(job.templates)
+    start = step * size * world
+    count = min(size * world, n - start)
+    if world > 1:
+        gathered: list[Tensor | None] = []
+        for value, template in zip(values, job.templates, strict=True):
+            padded = template.new_zeros((size, *template.shape[1:]))
+            if value is not None:
+                padded[: len(value)] = value
+            stacked = runtime.all_gather(padded)  # [world, size, ...]
+            gathered.append(stacked.transpose(0, 1).reshape(world * size, *template.shape[1:]))
+        values = gathered
+    if count > 0 and job.built is not None:
+        job.built.store.write(view, start, [v[:count] for v in values if v is not None])
+
+
+def load_into_memory(store: FeatureStore, kind: StorageKind, device: torch.device) -> FeatureStore:
+    """Copy a disk store into ``"device"`` or ``"pinned"`` memory."""
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in store.arrays]
+    tensors = [t.view(d) if t.dtype != d else t for t, d in zip(tensors, store.dtypes, strict=True)]
+    views, n = tensors[0].shape[:2]
+    loaded = FeatureStore.allocate(kind, views, n, [t[0, 0] for t in tensors], device)
+    for view in range(views):
+        loaded.write(view, 0, [t[view] for t in tensors])
+    loaded.manifest = store.manifest
+    return loaded
+
+
+def _zeros_like(output: Any) -> Any:
+    if isinstance(output, Tensor):
+        return torch.zeros_like(output)
+    if isinstance(output, list | tuple):
+        return type(output)(_zeros_like(o) for o in output)
+    if isinstance(output, dict):
+        return {k: _zeros_like(v) for k, v in output.items()}
+    return output
+
+
+def mix_seed(*numbers: int) -> int:
+    """A 63-bit seed mixing several integers (numpy's ``SeedSequence``).
+
+    Example:
+        >>> mix_seed(0, 1) != mix_seed(1, 0)
+        True
+    """
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Seed torch, ``random`` and numpy inside the block; restore their states afterwards."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
