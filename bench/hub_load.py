@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +40,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from bench.olah_server import OlahServer
 from lightning_dnn.hub import get_architecture, load_pretrained, resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,9 +307,6 @@ def main() -> None:
     disable_progress_bars()
     constants.HF_HUB_OFFLINE = False
     constants.HF_HUB_DISABLE_TELEMETRY = True
-
-    sys.path.insert(0, str(ROOT))
-    from tests.hub.olah_server import OlahServer
 
     entries = zoo_entries()
     with tempfile.TemporaryDirectory(prefix="bench_hub_load_") as tmp:

@@ -494,6 +494,7 @@ def test_penalty_pattern_narrows_the_penalty() -> None:
     _ = copy.deepcopy(model)  # the model stays copyable (weak cache)
 
 
+@pytest.mark.ddp
 def test_ddp_logs_global_values(tmp_path: Path) -> None:
     """Two CPU processes: the logged val values are those of the whole validation set, not of one shard."""
     model = DNNClassifier(_seq(), optimizer="sgd", lr=0.05, l2=1e-3)

@@ -13,7 +13,6 @@ when several nodes share a filesystem), and at the end every rank waits at a bar
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -29,7 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typing_extensions import override
 
-from lightning_dnn._checks import check_choice
+from lightning_dnn._checks import check_bool, check_choice
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 
 __all__ = ["EarlyStopping"]
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 Store = Literal["memory", "disk"]
 
 
-class EarlyStopping(_LightningEarlyStopping):
+class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
     """Lightning's ``EarlyStopping`` (same arguments) that restores the best weights at the end of ``fit``.
 
     Args:
@@ -121,12 +121,7 @@ class EarlyStopping(_LightningEarlyStopping):
             check_on_train_epoch_end=check_on_train_epoch_end,
             log_rank_zero_only=log_rank_zero_only,
         )
-        if not isinstance(restore_best_weights, bool):
-            raise TypeError(
-                f"`restore_best_weights` must be a bool, got {type(restore_best_weights).__name__} "
-                f"{restore_best_weights!r}"
-            )
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
         self.store: Store = check_choice("store", store, ("memory", "disk"))  # type: ignore[assignment]
         self.best_epoch: int | None = None
         self.best_step: int | None = None
@@ -135,11 +130,10 @@ class EarlyStopping(_LightningEarlyStopping):
         self._write_path: str | None = None  # store="disk": where this run writes
 
     # ----------------------------------------------------------------------------------------------- state --
-    @functools.cached_property
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        # computed once: Lightning formats every callback's key at every hook call, several times a step
-        return str(_LightningEarlyStopping.state_key.fget(self))  # type: ignore[attr-defined]
+    def state_key_fields(self) -> None:
+        """``None``: the key of Lightning's EarlyStopping (``monitor``, ``mode``), so checkpoints interchange."""
+        return None
 
     @override
     def state_dict(self) -> dict[str, Any]:

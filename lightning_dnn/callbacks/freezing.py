@@ -6,13 +6,11 @@ The param-group and scheduler surgery lives in ``_param_groups.py``, the DDP gra
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -23,13 +21,14 @@ from lightning_dnn._checks import check_choice, check_int, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
 from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
 from lightning_dnn.callbacks._param_groups import add_param_group, check_proportional, optimizer_param_ids
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 
 __all__ = ["LayerFreezer"]
 
 BNMode = Literal["eval", "train"]
 
 
-class LayerFreezer(Callback):
+class LayerFreezer(StateKeyOnce):
     """Freeze modules before training and unfreeze them at chosen epochs.
 
     Args:
@@ -168,10 +167,9 @@ class LayerFreezer(Callback):
         return inst
 
     # ----------------------------------------------------------------------------------------------- state --
-    @functools.cached_property
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        # computed once: Lightning formats every callback's key at every hook call, several times a step
+    def state_key_fields(self) -> dict[str, Any]:
+        """The arguments in the checkpoint key: the ``freeze`` patterns and the ``unfreeze`` schedule."""
         if self._head is not None:
             freeze = "all but " + "|".join(p.pattern for p in self._head)
         else:
@@ -179,7 +177,7 @@ class LayerFreezer(Callback):
         unfreeze = {
             e: "all" if p is None else "|".join(x.pattern for x in p) for e, p in self._schedule.items()
         }
-        return self._generate_state_key(freeze=freeze, unfreeze=unfreeze)
+        return {"freeze": freeze, "unfreeze": unfreeze}
 
     @override
     def state_dict(self) -> dict[str, Any]:

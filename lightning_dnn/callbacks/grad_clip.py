@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_parameters
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 
 __all__ = ["GradientClipping"]
 
@@ -68,7 +67,7 @@ def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor | float) -
             torch._foreach_mul_([grads[i] for i in indices], [coefs[i].to(device) for i in indices])
 
 
-class GradientClipping(Callback):
+class GradientClipping(StateKeyOnce):
     """Clip gradients by value and/or norm, optionally only those of some layers, after AMP unscaling.
 
     Runs in ``on_before_optimizer_step``, which Lightning calls after the closure (forward and backward) and,
@@ -178,18 +177,17 @@ class GradientClipping(Callback):
         self._selected: set[int] | None = None
         self._per_optimizer: dict[int, tuple[tuple[int, ...], list[nn.Parameter]]] = {}
 
-    @functools.cached_property
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        # computed once: Lightning formats every callback's key at every hook call, several times a step
+    def state_key_fields(self) -> dict[str, Any]:
+        """The arguments in the checkpoint key."""
         pattern = None if self._patterns is None else [p.pattern for p in self._patterns]
-        return self._generate_state_key(
-            value=self.value,
-            norm=self.norm,
-            norm_type=self.norm_type,
-            pattern=pattern,
-            per_parameter=self.per_parameter,
-        )
+        return {
+            "value": self.value,
+            "norm": self.norm,
+            "norm_type": self.norm_type,
+            "pattern": pattern,
+            "per_parameter": self.per_parameter,
+        }
 
     @property
     def skipped_steps(self) -> int:

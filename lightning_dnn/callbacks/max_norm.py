@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.utils.hooks import RemovableHandle
@@ -17,6 +15,7 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_choice, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 
 __all__ = ["MaxNorm"]
 
@@ -50,7 +49,7 @@ def _clip_norms_(weights: Sequence[Tensor], dims: Sequence[int], max_norm: float
             w.renorm_(2, d, max_norm)
 
 
-class MaxNorm(Callback):
+class MaxNorm(StateKeyOnce):
     """Constrain the L2 norm of every unit's incoming weights after each optimizer step.
 
     After every optimizer step (never on gradient-accumulation micro-batches, never on a step that the optimizer
@@ -148,12 +147,11 @@ class MaxNorm(Callback):
         self._handles: list[RemovableHandle] = []
         self._hooked: list[int] = []
 
-    @functools.cached_property
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        # computed once: Lightning formats every callback's key at every hook call, several times a step
+    def state_key_fields(self) -> dict[str, Any]:
+        """The arguments in the checkpoint key: ``max_norm``, ``pattern``, ``axis``."""
         pattern = None if self._patterns is None else [p.pattern for p in self._patterns]
-        return self._generate_state_key(max_norm=self.max_norm, pattern=pattern, axis=self.axis)
+        return {"max_norm": self.max_norm, "pattern": pattern, "axis": self.axis}
 
     @property
     def constrained_names(self) -> list[str]:

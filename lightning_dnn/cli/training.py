@@ -8,7 +8,6 @@ version folder, and a learning-curve PNG (``learning_curves.png`` next to ``metr
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from typing_extensions import override
 
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 from lightning_dnn.callbacks.learning_curves import LearningCurves
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.profiler import NoOpProfiler
@@ -86,7 +86,7 @@ class ThrottledRichProgressBar(RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
-class _DefaultModelCheckpoint(ModelCheckpoint):
+class _DefaultModelCheckpoint(StateKeyOnce, ModelCheckpoint):
     """The checkpointing a Trainer adds by default (``ModelCheckpoint()``), with its state key computed once.
 
     Lightning formats every callback's ``state_key`` at every hook call, several times per training step;
@@ -94,11 +94,12 @@ class _DefaultModelCheckpoint(ModelCheckpoint):
     plain ``ModelCheckpoint()`` has, so checkpoints stay interchangeable with a plain Trainer's.
     """
 
-    @functools.cached_property
+    state_key_name = ModelCheckpoint.__qualname__
+
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        key = str(ModelCheckpoint.state_key.fget(self))  # type: ignore[attr-defined]
-        return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__) :]
+    def state_key_fields(self) -> None:
+        """``None``: ModelCheckpoint's own key, formatted once."""
+        return None
 
 
 def _progress_bar() -> pl.Callback:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lightning_dnn._checks import check_bool
 from lightning_dnn.data._augment import AugmentSpec
 from lightning_dnn.data.base import ClassificationDataModule, DatasetInfo, Scaling
 from lightning_dnn.data.idx import IDXFormatError, read_idx
@@ -109,8 +110,7 @@ class MNISTDataModule(ClassificationDataModule):
         )
         if root is not None and not isinstance(root, str | os.PathLike):
             raise TypeError(f"`root` must be a path, got {type(root).__name__} {root!r}")
-        if not isinstance(download, bool):
-            raise TypeError(f"`download` must be a bool, got {type(download).__name__} {download!r}")
+        check_bool("download", download)
         self.root = Path(root) if root is not None else self.default_root()
         self.download = download
         self.save_hyperparameters()

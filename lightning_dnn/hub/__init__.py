@@ -6,7 +6,10 @@
   (``include="hidden[123]"``), into a new network or an existing one (``into=``), with a :class:`LoadReport`;
 * :func:`push_to_hub` publishes a folder or a network;
 * :func:`load_foreign_arrays` imports arrays from ``.npz``/Keras ``.h5`` files, converting TF layouts;
-* :func:`register_architecture` adds a network class that config.json can name.
+* :func:`register_architecture` adds a network class that config.json can name;
+* :func:`load_zoo_index`/:func:`resolve_zoo` read the zoo index that ships inside the package (``zoo:name``).
+
+The ``lightning-dnn zoo`` commands and the zoo's build pipeline live in :mod:`lightning_dnn.cli`, above this package.
 """
 
 from lightning_dnn.hub.architectures import (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_dnn.hub.partial import LoadReport
+    from lightning_dnn.hub._plan import LoadReport
 
 __all__ = ["ChecksumMismatchError", "HubDownloadError", "StrictLoadError", "UnsafeWeightsError"]
 

@@ -43,9 +43,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from lightning_dnn._checks import check_choice
+from lightning_dnn._checks import check_bool, check_choice
+from lightning_dnn.hub._plan import LoadReport, copy_pairs, rank_zero_warn
 from lightning_dnn.hub.errors import StrictLoadError, UnsafeWeightsError
-from lightning_dnn.hub.partial import LoadReport, _copy_pairs, _rank_zero_warn
 
 __all__ = ["load_foreign_arrays", "read_foreign_arrays"]
 
@@ -101,8 +101,7 @@ def load_foreign_arrays(
     if not isinstance(net, nn.Module):
         raise TypeError(f"`net` must be an nn.Module, got {type(net).__name__}")
     layout = check_choice("layout", layout, ("tf", "torch"))  # type: ignore[assignment]
-    if not isinstance(strict, bool):
-        raise TypeError(f"`strict` must be a bool, got {type(strict).__name__} {strict!r}")
+    check_bool("strict", strict)
     _check_name_map(name_map)
     arrays = read_foreign_arrays(source)
     report, pairs, details = _plan_foreign_load(net, arrays, name_map, layout)
@@ -112,8 +111,8 @@ def load_foreign_arrays(
             raise StrictLoadError(
                 f"Foreign weights do not fit {type(net).__name__}; nothing was copied.\n{text}", report
             )
-        _rank_zero_warn(f"Foreign weights partly loaded (strict=False): {len(report.loaded)} copied.\n{text}")
-    _copy_pairs(pairs)
+        rank_zero_warn(f"Foreign weights partly loaded (strict=False): {len(report.loaded)} copied.\n{text}")
+    copy_pairs(pairs)
     return report
 
 

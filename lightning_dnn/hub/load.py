@@ -36,16 +36,16 @@ from lightning_dnn.hub._io import (
     unsafe_weights_message,
 )
 from lightning_dnn.hub._names import REPO_ID
+from lightning_dnn.hub._plan import (
+    LoadReport,
+    apply_rename,
+    check_options,
+    copy_pairs,
+    enforce_strictness,
+    plan_partial_load,
+)
 from lightning_dnn.hub.architectures import get_architecture
 from lightning_dnn.hub.errors import UnsafeWeightsError
-from lightning_dnn.hub.partial import (
-    LoadReport,
-    _apply_rename,
-    _check_options,
-    _copy_pairs,
-    _enforce_strictness,
-    _plan_partial_load,
-)
 from lightning_dnn.hub.zoo import resolve_zoo
 
 __all__ = ["load_pretrained", "resolve_source"]
@@ -123,7 +123,7 @@ def load_pretrained(
         (['hidden1.linear.weight', 'hidden1.linear.bias'], ['output.linear.weight', 'output.linear.bias'])
     """
     device = device_of(map_location)
-    _check_options(include, exclude, rename, strict)
+    check_options(include, exclude, rename, strict)
     if into is not None and not isinstance(into, nn.Module):
         raise TypeError(f"`into` must be an nn.Module or None, got {type(into).__name__}")
     if not isinstance(local_files_only, bool):
@@ -139,9 +139,9 @@ def load_pretrained(
     document = read_config(folder / CONFIG_NAME)
     tensors = load_file(str(folder / WEIGHTS_NAME), device=str(device))
     if into is not None:
-        report, pairs = _plan_partial_load(into, tensors, include=include, exclude=exclude, rename=rename)
-        _enforce_strictness(report, strict=strict, source=described, target=into)
-        _copy_pairs(pairs)
+        report, pairs = plan_partial_load(into, tensors, include=include, exclude=exclude, rename=rename)
+        enforce_strictness(report, strict=strict, source=described, target=into)
+        copy_pairs(pairs)
         return into, report
     net, report = _build_and_load(document, tensors, device, include, exclude, rename, strict, described)
     return net.eval(), report
@@ -303,14 +303,14 @@ def _build_and_load(
         skeleton = None
     if skeleton is None:
         net = spec.build(document["config"]).to(device)
-        report, pairs = _plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
-        _enforce_strictness(report, strict=strict, source=described, target=net)
-        _copy_pairs(pairs)
+        report, pairs = plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
+        enforce_strictness(report, strict=strict, source=described, target=net)
+        copy_pairs(pairs)
         return net, report
-    report, _ = _plan_partial_load(skeleton, tensors, include=include, exclude=exclude, rename=rename)
-    _enforce_strictness(report, strict=strict, source=described, target=skeleton)
+    report, _ = plan_partial_load(skeleton, tensors, include=include, exclude=exclude, rename=rename)
+    enforce_strictness(report, strict=strict, source=described, target=skeleton)
     state = skeleton.state_dict(keep_vars=True)
-    renamed = _apply_rename(tensors, rename)
+    renamed = apply_rename(tensors, rename)
     takes_file_tensors = (
         set(report.loaded) == set(state)
         and all(n in state for n, _ in skeleton.named_buffers())  # no non-persistent buffers
@@ -321,6 +321,6 @@ def _build_and_load(
         skeleton.load_state_dict({n: renamed[n] for n in state}, strict=True, assign=True)
         return skeleton, report
     net = spec.build(document["config"]).to(device)
-    _, pairs = _plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
-    _copy_pairs(pairs)
+    _, pairs = plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
+    copy_pairs(pairs)
     return net, report

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_dnn._checks import check_choice, check_int, check_number, check_probability
+from lightning_dnn._checks import check_bool, check_choice, check_int, check_number, check_probability
 from lightning_dnn.nn.activations import ActivationLike, get_activation
 from lightning_dnn.nn.init import InitScheme, _resolve_init, init_weights_
 
@@ -116,8 +116,7 @@ class MLP(nn.Module):
         input_dropout = check_probability("input_dropout", input_dropout)
         _resolve_init("init", init)
         bn_momentum = check_number("bn_momentum", bn_momentum, low=0.0, high=1.0, low_inclusive=False)
-        if not isinstance(output_norm, bool):
-            raise TypeError(f"`output_norm` must be a bool, got {type(output_norm).__name__} {output_norm!r}")
+        check_bool("output_norm", output_norm)
         try:
             get_activation(activation)
         except (TypeError, ValueError) as err:

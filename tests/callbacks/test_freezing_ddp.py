@@ -14,6 +14,8 @@ import torch
 
 from tests.ddp_utils import run_ddp_script
 
+pytestmark = pytest.mark.ddp
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_freezing_ddp_script.py"
 

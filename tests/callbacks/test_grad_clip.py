@@ -363,6 +363,7 @@ class ReportRanks(pl.Callback):
             torch.save({"gathered": gathered, "row_norms": pl_module.net[0].weight.norm(dim=1)}, self.path)
 
 
+@pytest.mark.ddp
 def test_ddp_ranks_agree_on_skipping(tiny_loader, trainer_kwargs, tmp_path):
     """NaN gradients on one rank become NaN on all after the all-reduce, so every rank skips the same step."""
     from lightning_dnn.callbacks.max_norm import MaxNorm

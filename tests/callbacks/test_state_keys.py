@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from lightning_dnn.callbacks import EarlyStopping, FeatureCache, GradientClipping, LayerFreezer, MaxNorm
-from lightning_dnn.cli import _DefaultModelCheckpoint
+from lightning_dnn.cli.training import _DefaultModelCheckpoint
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.olah_server import BuiltRepo, OlahServer, find_olah_cli
 from lightning_dnn.hub import save_pretrained
 from lightning_dnn.nn import MLP
-from tests.hub.olah_server import BuiltRepo, OlahServer, find_olah_cli
 
 METADATA = {"dataset": "digits", "classes": ["0", "1", "2", "3"], "metrics": {"test_accuracy": 0.91}}
 

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from tests.ddp_utils import ddp_env, run_ranks
 from tests.hub.conftest import HubServer
 
+pytestmark = pytest.mark.ddp
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_ddp_fetch_script.py"
 

@@ -21,6 +21,8 @@ from tests.ddp_utils import REPO, run_ranks
 from tests.hub.conftest import HubServer
 from tests.hub.test_ddp_download import _env
 
+pytestmark = pytest.mark.ddp
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_ddp_finetune_script.py"
 ZOO_FOLDER = REPO / "zoo" / "digits-mlp-classes0-4"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int
 from lightning_dnn._selection import compile_patterns
+from lightning_dnn.callbacks._state_key import StateKeyOnce
 from lightning_dnn.callbacks.feature_cache._lightning import (
     SourceSwap,
     TrainerRuntime,
@@ -30,7 +29,7 @@ from lightning_dnn.callbacks.feature_cache._session import (
 __all__ = ["FeatureCache"]
 
 
-class FeatureCache(Callback):
+class FeatureCache(StateKeyOnce):
     """Cache the frozen trunk's output once per sample and train the layers above it on the cache.
 
     While the lower layers are frozen, their output for a training sample never changes (Géron ch. 11, "caching
@@ -189,12 +188,10 @@ class FeatureCache(Callback):
         """
         return self._current()["storage"]
 
-    @functools.cached_property
     @override
-    def state_key(self) -> str:  # type: ignore[override]
-        """The callback's key in checkpoints: its class, boundary and views (computed once)."""
-        # Lightning formats every callback's key at every hook call, several times a step
-        return self._generate_state_key(boundary=self.boundary, views=self.views)
+    def state_key_fields(self) -> dict[str, Any]:
+        """The arguments in the checkpoint key: ``boundary`` and ``views``."""
+        return {"boundary": self.boundary, "views": self.views}
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,235 @@
+"""Partial loading by name, planned before anything is copied: the report, the checks and the copy.
+
+Package-internal: :mod:`lightning_dnn.hub.partial`, :mod:`~lightning_dnn.hub.load` and
+:mod:`~lightning_dnn.hub.foreign` build on these; users call :func:`~lightning_dnn.hub.load_state_dict_partial`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dnn._checks import check_bool
+from lightning_dnn._selection import Patterns, compile_patterns, select_tensor_names, shorten
+from lightning_dnn.hub.errors import StrictLoadError
+
+__all__ = [
+    "LoadReport",
+    "apply_rename",
+    "check_options",
+    "copy_pairs",
+    "enforce_strictness",
+    "plan_partial_load",
+    "rank_zero_warn",
+]
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LoadReport:
+    """What a load did with every name.
+
+    Attributes:
+        loaded: names copied into the target (present on both sides with the same shape).
+        skipped: file names (after ``rename``) left out by ``include``/``exclude``.
+        missing: selected target names the file does not provide.
+        unexpected: selected file names the target does not have.
+        mismatched: ``(name, file_shape, target_shape)`` for selected names whose shapes differ.
+
+    Example:
+        >>> report = LoadReport(loaded=["a.weight"], mismatched=[("b.weight", (3, 2), (4, 2))])
+        >>> report.ok
+        False
+        >>> print(report)
+        LoadReport: 1 loaded, 0 skipped, 0 missing, 0 unexpected, 1 mismatched
+          loaded: a.weight
+          mismatched: b.weight (file (3, 2) vs target (4, 2))
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing, unexpected or mismatched (what ``strict=True`` requires)."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> str:
+        """One line per kind of problem, each with the full list of names (empty string when :attr:`ok`).
+
+        Example:
+            >>> LoadReport(missing=["x", "y"]).problems()
+            'missing from the file (2): x, y'
+        """
+        lines = []
+        if self.missing:
+            lines.append(f"missing from the file ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"not in the target ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        if self.mismatched:
+            shown = ", ".join(_mismatch_text(m) for m in self.mismatched)
+            lines.append(f"shape mismatch ({len(self.mismatched)}): {shown}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = (
+            f"LoadReport: {len(self.loaded)} loaded, {len(self.skipped)} skipped, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.mismatched)} mismatched"
+        )
+        lines = [head]
+        for label, names in (
+            ("loaded", self.loaded),
+            ("skipped", self.skipped),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+        ):
+            if names:
+                lines.append(f"  {label}: {', '.join(names)}")
+        if self.mismatched:
+            lines.append(f"  mismatched: {', '.join(_mismatch_text(m) for m in self.mismatched)}")
+        return "\n".join(lines)
+
+
+def _mismatch_text(item: tuple[str, Shape, Shape]) -> str:
+    name, file_shape, target_shape = item
+    return f"{name} (file {file_shape} vs target {target_shape})"
+
+
+def plan_partial_load(
+    target: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    include: Patterns | None = None,
+    exclude: Patterns | None = None,
+    rename: Mapping[str, str] | None = None,
+) -> tuple[LoadReport, list[tuple[Tensor, Tensor]]]:
+    """Validate and compare without copying: the report and the ``(destination, source)`` tensor pairs to copy."""
+    if not isinstance(target, nn.Module):
+        raise TypeError(f"`target` must be an nn.Module, got {type(target).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"`state_dict` must be a mapping of name -> tensor, got {type(state_dict).__name__}")
+    file_tensors = apply_rename(state_dict, rename)
+    target_tensors: dict[str, Tensor] = dict(target.state_dict(keep_vars=True))
+
+    names = list(dict.fromkeys([*file_tensors, *target_tensors]))
+    chosen = set(names if include is None else select_tensor_names(names, include, arg="include"))
+    if exclude is not None:
+        chosen -= set(select_tensor_names(names, exclude, arg="exclude"))
+
+    def selected(name: str) -> bool:
+        return name in chosen
+
+    report = LoadReport()
+    pairs: list[tuple[Tensor, Tensor]] = []
+    # Report in the target's order (safetensors files list names alphabetically), then file-only names.
+    position = {name: i for i, name in enumerate(target_tensors)}
+    ordered = sorted(file_tensors.items(), key=lambda item: position.get(item[0], len(position)))
+    for name, tensor in ordered:
+        if not selected(name):
+            report.skipped.append(name)
+        elif name not in target_tensors:
+            report.unexpected.append(name)
+        elif tuple(tensor.shape) != tuple(target_tensors[name].shape):
+            report.mismatched.append((name, tuple(tensor.shape), tuple(target_tensors[name].shape)))
+        else:
+            report.loaded.append(name)
+            pairs.append((target_tensors[name], tensor))
+    report.missing = [n for n in target_tensors if selected(n) and n not in file_tensors]
+    return report, pairs
+
+
+def check_options(
+    include: Patterns | None, exclude: Patterns | None, rename: Mapping[str, str] | None, strict: bool
+) -> None:
+    """Validate the selection arguments up front (before a download), with the same errors as a load."""
+    if include is not None:
+        compile_patterns("include", include)
+    if exclude is not None:
+        compile_patterns("exclude", exclude)
+    apply_rename({}, rename, check_unused=False)
+    check_bool("strict", strict)
+
+
+def enforce_strictness(report: LoadReport, *, strict: bool, source: str, target: nn.Module) -> None:
+    """Raise (strict) or warn (not strict) with the full list of problems in ``report``."""
+    check_bool("strict", strict)
+    if report.ok:
+        return
+    what = f"loading {source} into {type(target).__name__}"
+    if strict:
+        raise StrictLoadError(
+            f"Strict load failed when {what}; nothing was copied.\n{report.problems()}\n"
+            "Narrow the selection with include=/exclude=, map names with rename=, or pass strict=False to load "
+            "what fits.",
+            report,
+        )
+    rank_zero_warn(
+        f"Partial load when {what} (strict=False); copied {len(report.loaded)} tensors.\n{report.problems()}"
+    )
+
+
+def copy_pairs(pairs: Sequence[tuple[Tensor, Tensor]]) -> None:
+    """Copy each source tensor into its destination in place (casting dtype, moving device)."""
+    with torch.no_grad():
+        for destination, source in pairs:
+            destination.copy_(source)
+
+
+def apply_rename(
+    state_dict: Mapping[str, Tensor], rename: Mapping[str, str] | None, *, check_unused: bool = True
+) -> dict[str, Tensor]:
+    if rename is None:
+        return dict(state_dict)
+    if not isinstance(rename, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in rename.items()
+    ):
+        raise TypeError(f"`rename` must be a mapping of old prefix -> new prefix (strings), got {rename!r}")
+    if "" in rename:
+        raise ValueError(
+            "`rename` keys must be non-empty prefixes; to add a prefix to every name use e.g. {'hidden': 'net.hidden', 'output': 'net.output'}"
+        )
+    prefixes = sorted(rename, key=len, reverse=True)
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for name, tensor in state_dict.items():
+        new = name
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                new = rename[prefix] + name[len(prefix) :]
+                break
+        if new in out:
+            raise ValueError(f"`rename`={dict(rename)} maps both {origin[new]!r} and {name!r} to {new!r}")
+        out[new] = tensor
+        origin[new] = name
+    unused = [p for p in rename if not any(n.startswith(p) for n in state_dict)]
+    if unused and check_unused:
+        raise ValueError(
+            f"`rename` prefixes {unused} match no name in the file; file names: {_short(state_dict)}"
+        )
+    return out
+
+
+def _short(names: Mapping[str, object] | Sequence[str], limit: int = 30) -> str:
+    return shorten(list(names), limit)
+
+
+def rank_zero_warn(message: str) -> None:
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_rank() != 0
+    ):
+        log.debug(message)
+        return
+    warnings.warn(message, UserWarning, stacklevel=3)
