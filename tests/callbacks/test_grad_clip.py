@@ -298,7 +298,7 @@ def test_refuses_trainer_gradient_clip_val(tiny_mlp, tiny_module, tiny_loader, t
 
 def test_pattern_selecting_nothing_fails_at_fit_start(tiny_mlp, tiny_module, tiny_loader, trainer_kwargs):
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[GradientClipping(norm=1.0, pattern="hidden9")])
-    with pytest.raises(ValueError, match=r"selects no module. Available modules: net, net.hidden1"):
+    with pytest.raises(ValueError, match=r"'hidden9' selects no module or parameter. Available modules: net, net.hidden1"):
         trainer.fit(tiny_module(tiny_mlp()), tiny_loader())
 
 

@@ -293,7 +293,7 @@ def test_bad_arguments(kwargs, error, match):
 @pytest.mark.parametrize(
     ("pattern", "match"),
     [
-        ("hidden9", r"`pattern`=\['hidden9'\] selects no module. Available modules: net, net.hidden1"),
+        ("hidden9", r"`pattern` pattern 'hidden9' selects no module. Available modules: net, net.hidden1"),
         (r"hidden1\.bn", r"found no nn.Linear or ConvNd weight in the modules selected by `pattern`"),
     ],
 )
