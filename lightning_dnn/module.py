@@ -73,8 +73,9 @@ class DNNClassifier(pl.LightningModule):
             when there is no validation loop) with its ``mode`` (``"min"``/``"max"``).
         l1: L1 penalty coefficient on the weights (see :class:`~lightning_dnn.regularization.WeightPenalty`).
         l2: L2 penalty coefficient on the weights: ``l2 * sum(w**2)``, i.e. TF's ``l2_regularizer(2 * l2)``.
-        penalty_pattern: a regex (or list) narrowing the penalized weights to some layers, matched against the
-            module names of this LightningModule (``"hidden[12]"`` matches ``net.hidden1``, ``net.hidden2``);
+        penalty_pattern: a regex (or list) narrowing the penalized weights to some layers, ``re.fullmatch``-ed against
+            the module and weight names of this LightningModule, whole or without their first component
+            (``"hidden[12]"`` matches ``net.hidden1``, ``net.hidden2``, never ``net.hidden12``);
             ``None`` penalizes every weight. Biases and normalization parameters are never penalized.
 
     Raises:

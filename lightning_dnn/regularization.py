@@ -162,7 +162,7 @@ class WeightPenalty:
     Args:
         l1: L1 coefficient, ``>= 0``.
         l2: L2 coefficient (multiplies ``sum w**2``), ``>= 0``.
-        pattern: a regex (or list) narrowing the weights, with the selection rule of DESIGN.md §4
+        pattern: a regex (or list) narrowing the weights, with the library's selection rule (see :mod:`lightning_dnn._selection`)
             (``"hidden[12]"``); ``None`` regularizes every weight.
 
     Raises:

@@ -107,8 +107,9 @@ class GradientClipping(StateKeyOnce):
         norm: Clip the gradient norm to this value; ``> 0`` or ``None``. At least one of ``value`` and ``norm``
             is required.
         norm_type: The p of the p-norm, ``> 0`` or ``math.inf``; used for clipping and for the logged norm.
-        pattern: Clip only the parameters of modules selected by the DESIGN.md §4 selection rule (regex or list
-            of regexes, ``re.fullmatch`` on dotted module names or their suffixes, e.g. ``"hidden[12]"``); the
+        pattern: Clip only the parameters of modules selected by the library's selection rule (regex or list
+            of regexes, ``re.fullmatch`` on a dotted module or parameter name of the LightningModule, or on that
+            name without its first component, never a deeper suffix, e.g. ``"hidden[12]"``); the
             global norm is then taken over those parameters only and the other gradients are left untouched.
             ``None`` selects every parameter.
         per_parameter: With ``norm``, clip each parameter's gradient norm separately instead of the global norm.

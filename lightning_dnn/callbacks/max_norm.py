@@ -91,8 +91,9 @@ class MaxNorm(StateKeyOnce):
 
     Args:
         max_norm: The largest L2 norm a slice may keep, ``> 0`` (the chapter uses 1.0; Srivastava et al. 3-4).
-        pattern: Restrict the constraint to modules selected by the DESIGN.md §4 selection rule (regex or list of
-            regexes, ``re.fullmatch`` on dotted module names or their suffixes, e.g. ``"hidden[12]"``); the
+        pattern: Restrict the constraint to modules selected by the library's selection rule (regex or list of
+            regexes, ``re.fullmatch`` on a dotted module name of the LightningModule, or on that name without its
+            first component, never a deeper suffix, e.g. ``"hidden[12]"``); the
             Linear/Conv layers among the selected modules and their descendants are constrained. ``None``
             constrains every Linear/Conv layer of the LightningModule.
         axis: ``"unit"`` or ``"input"``, see above.

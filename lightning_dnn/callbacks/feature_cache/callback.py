@@ -40,7 +40,7 @@ class FeatureCache(StateKeyOnce):
       by :class:`~lightning_dnn.callbacks.LayerFreezer`): one traced forward pass lists the module calls, and the
       trunk is their longest frozen prefix (descending into a container that is only partly frozen; trailing
       layers without weights, such as activations and dropout, stay with the head). ``boundary="hidden2"`` (a
-      module name, DESIGN.md §4 selection rule) caches that module's output and refuses to start unless
+      module name, the library's selection rule: fullmatch on the name or on it without its first component) caches that module's output and refuses to start unless
       everything before it is frozen; ``boundary="forward_features"`` caches ``net.forward_features`` of
       networks with a ``forward_features`` / ``forward_head`` pair (timm models, our MLP). The network is the
       LightningModule's child holding the trunk (``self.net``), called with the batch's first element, as
@@ -87,7 +87,7 @@ class FeatureCache(StateKeyOnce):
     head the epoch is bound by per-step overhead, not by the trunk.
 
     Args:
-        boundary: ``None`` (follow what is frozen, e.g. by LayerFreezer), a module name (regex, DESIGN.md §4
+        boundary: ``None`` (follow what is frozen, e.g. by LayerFreezer), a module name (regex, the library's
             selection rule; must select one module) whose output is cached, or ``"forward_features"``.
         views: cache this many augmented views per sample (epoch ``e`` uses view ``e % views``); required when
             the training data has random augmentation. ``None``: one view, and random augmentation is refused.
