@@ -91,3 +91,44 @@ def test_main_passes_zoo_exit_codes(capsys):
     with pytest.raises(SystemExit) as done:
         main(["zoo", "info", "digits-mlp-clases0-4"])
     assert done.value.code == 2 and "Did you mean 'digits-mlp-classes0-4'" in capsys.readouterr().err
+
+
+def _fit_args(tmp_path: Path) -> list[str]:
+    return [
+        "--data", "lightning_dnn.data.DigitsDataModule",
+        "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+    ]
+
+
+def test_cli_trains_a_users_own_module_by_class_path(tmp_path):
+    from tests._user_module import MyModule
+
+    cli = DNNCLI(args=["--model", "tests._user_module.MyModule", "--model.hidden", "8", *_fit_args(tmp_path)], run=False)
+    assert type(cli.model) is MyModule
+    assert cli.model.net[1].out_features == 8
+    # its own default, not DNNClassifier's lr=1e-3 carried over by jsonargparse
+    assert cli.model.hparams.lr == 0.1
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 2 and "train_loss" in cli.trainer.callback_metrics
+
+
+def test_cli_trains_a_users_own_module_from_a_config(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  class_path: tests._user_module.MyModule\n  init_args:\n    hidden: 4\n")
+    cli = DNNCLI(args=["--config", str(config), *_fit_args(tmp_path)], run=False)
+    assert type(cli.model).__name__ == "MyModule"
+    assert (cli.model.hparams.hidden, cli.model.hparams.lr) == (4, 0.1)
+
+
+def test_without_a_model_class_the_model_is_dnnclassifier(tmp_path):
+    from lightning_dnn import DNNClassifier
+    from lightning_dnn.cli.training import with_default_model
+
+    args = ["--model.net", "torch.nn.Linear", "--model.net.in_features", "64", "--model.net.out_features", "10"]
+    cli = DNNCLI(args=[*args, "--model.lr", "0.05", *_fit_args(tmp_path)], run=False)
+    assert type(cli.model) is DNNClassifier and cli.model.hparams.lr == 0.05
+    assert with_default_model(["fit", "--config", str(tmp_path / "absent.yaml")])[1] == "--model=lightning_dnn.DNNClassifier"
+    assert with_default_model(["fit", "--model=x.Y"]) == ["fit", "--model=x.Y"]

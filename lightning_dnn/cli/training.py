@@ -1,4 +1,7 @@
-"""The training side of ``lightning-dnn``: LightningCLI over DNNClassifier (``fit|validate|test|predict``).
+"""The training side of ``lightning-dnn``: LightningCLI over any LightningModule (``fit|validate|test|predict``).
+
+The model is :class:`~lightning_dnn.DNNClassifier` unless the command line (``--model my_pkg.MyModule``) or a
+config (``model: {class_path: my_pkg.MyModule, init_args: ...}``) names another LightningModule.
 
 Configs follow LightningCLI's conventions (YAML, ``--print_config``, ``class_path``/``init_args`` for the network,
 the data module, optimizers and callbacks); ready-made ones are in ``examples/configs/``. On top of plain
@@ -9,11 +12,14 @@ version folder, and a learning-curve PNG (``learning_curves.png`` next to ``metr
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -24,7 +30,58 @@ from lightning_dnn.callbacks.learning_curves import LearningCurves
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.profiler import NoOpProfiler
 
-__all__ = ["DNNCLI", "ThrottledRichProgressBar", "default_loggers"]
+__all__ = ["DEFAULT_MODEL", "DNNCLI", "ThrottledRichProgressBar", "default_loggers", "with_default_model"]
+
+#: The model the CLI trains when neither the command line nor a config names a LightningModule class.
+DEFAULT_MODEL = f"{DNNClassifier.__module__.rsplit('.', 1)[0]}.{DNNClassifier.__name__}"
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def with_default_model(args: Sequence[str]) -> list[str]:
+    """Return ``args`` with ``--model=lightning_dnn.DNNClassifier`` added unless they name a model class.
+
+    A model class is named by ``--model X`` / ``--model=X`` / ``--model.class_path`` on the command line, or by a
+    ``model`` entry with a ``class_path`` (or a class-path string) in a ``--config`` file. The default is added only
+    when none is, so a user's module never inherits DNNClassifier's defaults (jsonargparse carries the init
+    arguments of a default class over to a new class that accepts the same names, e.g. ``lr``).
+
+    Args:
+        args: the command-line arguments after the program name.
+
+    Returns:
+        the arguments, with the default model right after the subcommand when needed.
+
+    Example:
+        >>> with_default_model(["fit", "--model.lr", "0.1"])
+        ['fit', '--model=lightning_dnn.DNNClassifier', '--model.lr', '0.1']
+        >>> with_default_model(["fit", "--model", "my_pkg.MyModule"])
+        ['fit', '--model', 'my_pkg.MyModule']
+    """
+    items = list(args)
+    if _names_model_class(items):
+        return items
+    at = next((i + 1 for i, a in enumerate(items) if a in _SUBCOMMANDS), 0)
+    return [*items[:at], f"--model={DEFAULT_MODEL}", *items[at:]]
+
+
+def _names_model_class(args: list[str]) -> bool:
+    for i, arg in enumerate(args):
+        if arg in ("--model", "--model.class_path") or arg.startswith(("--model=", "--model.class_path=")):
+            return True
+        if arg == "--config" and i + 1 < len(args) and _config_names_model(args[i + 1]):
+            return True
+        if arg.startswith("--config=") and _config_names_model(arg.split("=", 1)[1]):
+            return True
+    return False
+
+
+def _config_names_model(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False  # an inline YAML string or a missing file: LightningCLI reports it
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    model = config.get("model") if isinstance(config, dict) else None
+    return isinstance(model, str) or (isinstance(model, dict) and "class_path" in model)
 
 
 def default_loggers(save_dir: str) -> list[Logger]:
@@ -109,7 +166,11 @@ def _progress_bar() -> pl.Callback:
 
 
 class DNNCLI(LightningCLI):
-    """LightningCLI over :class:`~lightning_dnn.DNNClassifier` and any LightningDataModule (by class path).
+    """LightningCLI over any LightningModule (default :class:`~lightning_dnn.DNNClassifier`) and data module.
+
+    ``lightning-dnn fit --model my_pkg.MyModule --model.hidden 64 --data ...`` trains a user's own module (or
+    ``model: {class_path: my_pkg.MyModule, init_args: {...}}`` in a config); without a model class, the model is
+    DNNClassifier and configs give its arguments directly (``model: {net: ..., lr: ...}``).
 
     Adds default loggers (CSV + TensorBoard) when the config leaves ``trainer.logger`` at its default, a rich
     progress bar and :class:`~lightning_dnn.callbacks.LearningCurves`; when the config names no checkpoint
@@ -132,10 +193,11 @@ class DNNCLI(LightningCLI):
         """Build the CLI over DNNClassifier and any LightningDataModule, and run it when ``run``."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
-            DNNClassifier,
+            pl.LightningModule,
             pl.LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
-            args=list(args) if args is not None else None,
+            args=with_default_model(sys.argv[1:] if args is None else args),
             run=run,
             **kwargs,
         )
