@@ -13,20 +13,22 @@ network is passed again: ``DNNClassifier.load_from_checkpoint(path, net=MyNet())
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import math
+from collections.abc import Mapping, Sized
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_dnn._checks import check_int, check_number
+from lightning_dnn._checks import check_choice, check_int, check_number
 from lightning_dnn._selection import compile_patterns
 from lightning_dnn._specs import NetSpec, resolve_net, resolve_optimizer, resolve_schedule
 from lightning_dnn.regularization import WeightPenalty
@@ -35,6 +37,10 @@ __all__ = ["DNNClassifier"]
 
 OptimizerLike = str | dict[str, Any] | OptimizerCallable
 ScheduleLike = str | dict[str, Any] | LRSchedulerCallable
+NonFinite = Literal["raise", "stop", "warn"]
+_NONFINITE = ("raise", "stop", "warn")
+_CHECKPOINT_KEY = "dnn_classifier_train_epoch_sums"  # the running sums of an epoch interrupted by a checkpoint
+_STAGE_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
 class DNNClassifier(pl.LightningModule):
@@ -43,7 +49,14 @@ class DNNClassifier(pl.LightningModule):
     Batches are ``(x, y)`` with ``y`` the integer class labels (``predict`` also takes ``x`` alone). Logged, per
     epoch: ``train_loss`` (cross-entropy plus the penalty, the quantity minimized), ``train_acc``,
     ``train_penalty`` (when ``l1`` or ``l2`` > 0), ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``;
-    epoch-level values are averaged over all processes under DDP.
+    epoch-level values are averaged over all processes under DDP. A checkpoint written mid-epoch holds the
+    epoch's running sums (the global ones under DDP), so a resumed epoch logs the values of the uninterrupted run.
+
+    Checks that turn silent failures into errors: the first batch of each stage is checked against the
+    network (an input it cannot take, labels that are not integers ``0..num_classes-1``: a ``ValueError``
+    naming the network, the batch's shape, the expected input and ``num_classes``), a data module whose
+    ``num_classes`` differs from the network's is refused (more classes) or warned about (fewer) at fit start,
+    and at the end of each training epoch the weights are checked for NaN/inf (see ``nonfinite``).
 
     Args:
         net: the network (``self.net``), any ``nn.Module`` producing logits ``[N, num_classes]``; or a
@@ -77,6 +90,14 @@ class DNNClassifier(pl.LightningModule):
             the module and weight names of this LightningModule, whole or without their first component
             (``"hidden[12]"`` matches ``net.hidden1``, ``net.hidden2``, never ``net.hidden12``);
             ``None`` penalizes every weight. Biases and normalization parameters are never penalized.
+        nonfinite: what to do when training diverges, i.e. when at the end of a training epoch some weight of
+            the network is NaN/inf (e.g. ``lr=1e6``): ``"raise"`` a ``FloatingPointError`` naming the epoch,
+            the first non-finite parameter and the learning rate; ``"stop"`` the fit with a warning; or
+            ``"warn"`` and go on. The check runs once per epoch on values the epoch end computes anyway, so
+            the training step stays free of host synchronization. An epoch whose ``train_loss`` is non-finite
+            while the weights stay finite (its non-finite steps were skipped, as
+            :class:`~lightning_dnn.callbacks.GradientClipping` does with ``skip_nonfinite=True``) only gets a
+            warning, whatever ``nonfinite`` says: GradientClipping handles the step, this check the outcome.
 
     Raises:
         TypeError: for an argument of the wrong type (e.g. ``net`` not an ``nn.Module``).
@@ -106,6 +127,7 @@ class DNNClassifier(pl.LightningModule):
         l1: float = 0.0,
         l2: float = 0.0,
         penalty_pattern: str | list[str] | None = None,
+        nonfinite: NonFinite = "raise",
     ) -> None:
         super().__init__()
         module, net_spec = resolve_net(net)
@@ -127,6 +149,7 @@ class DNNClassifier(pl.LightningModule):
         if penalty_pattern is not None:
             compile_patterns("penalty_pattern", penalty_pattern)
         self.penalty = WeightPenalty(l1=l1, l2=l2, pattern=penalty_pattern)
+        self.nonfinite = check_choice("nonfinite", nonfinite, _NONFINITE)
         if self.penalty.active:
             try:  # fail now, not at the first training step, when nothing is there to penalize
                 self.penalty.parameters(self)
@@ -139,6 +162,8 @@ class DNNClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro", validate_args=False)
         self._accuracy = {"val": self.val_acc, "test": self.test_acc}  # train: counted in _shared_step
         self._sums = {stage: _EpochSums() for stage in ("train", "val", "test")}
+        self._checked_stages: set[str] = set()  # stages whose first batch was checked against the network
+        self._warned_nonfinite = False
 
         # save_hyperparameters() reads the constructor arguments from this frame (or, under LightningCLI, from
         # the parsed config, which is already JSON-able). Rebind the arguments holding live objects to their
@@ -171,8 +196,15 @@ class DNNClassifier(pl.LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, int, Tensor | None]:
         x, y = _split_batch(batch)
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        logits = self.net(x) if stage in self._checked_stages else self._checked_forward(x, y, stage)
+        try:
+            loss = F.cross_entropy(logits, y)
+        except IndexError as err:  # a label out of range in a later batch (on the CPU; CUDA asserts instead)
+            try:
+                _check_labels(y, self.num_classes, f"a {_STAGE_WORDS[stage]} batch")
+            except (TypeError, ValueError) as named:
+                raise named from err
+            raise
         if stage == "train":
             # the training hot path: the number of correct predictions, three kernels (torchmetrics' update is
             # ~10 small kernels per step); equal to MulticlassAccuracy(average="micro"), which val/test use
@@ -224,9 +256,13 @@ class DNNClassifier(pl.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         """Log ``{stage}_loss``, ``{stage}_acc`` (and ``train_penalty``) for the epoch, over all processes."""
         sums = self._sums[stage]
-        if sums.count == 0 or self._trainer is None:
+        if not sums.sums or self._trainer is None:
             return
-        means = sums.compute(self.trainer.strategy)
+        if stage == "train":  # reduced with the sums: one collective, and every process takes the same decision
+            means = sums.compute(self.trainer.strategy, totals={"nonfinite": _count_nonfinite(self.net)})
+            self._check_finite(means.pop("nonfinite"), means["loss"])
+        else:
+            means = sums.compute(self.trainer.strategy)
         if "acc" not in means:
             accuracy = self._accuracy[stage]
             means["acc"] = accuracy.compute()  # torchmetrics reduces its own state across processes
@@ -251,9 +287,119 @@ class DNNClassifier(pl.LightningModule):
         return torch.softmax(self.net(x), dim=1)
 
     @override
+    def setup(self, stage: str) -> None:
+        """Start each fit/validate/test from empty epoch sums (a checkpoint restored after this refills them)."""
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+        for name in stages:
+            self._sums[name].reset()
+            if name in self._accuracy:
+                self._accuracy[name].reset()
+        self._checked_stages.difference_update(stages)
+        self._warned_nonfinite = False
+
+    @override
     def on_fit_start(self) -> None:
         # the strategy may have replaced parameters (device moves, wrappers): select the weights again
         self.penalty.clear_cache()
+        self._check_data_classes()
+
+    @override
+    def on_train_start(self) -> None:
+        self._sums["train"].to(self.device)  # sums restored from a checkpoint arrive on the CPU
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the running sums of an unfinished training epoch (summed over all processes under DDP)."""
+        state = self._sums["train"].state_dict(self.trainer.strategy if self._trainer is not None else None)
+        if state is not None:
+            checkpoint[_CHECKPOINT_KEY] = state
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore an unfinished epoch's sums when a fit resumes (process 0 takes them, the others zeros)."""
+        state = checkpoint.get(_CHECKPOINT_KEY)
+        trainer = self._trainer
+        if state is None or trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._sums["train"].load_state_dict(state, keep=trainer.global_rank == 0)
+
+    def _checked_forward(self, x: Any, y: Any, stage: str) -> Tensor:
+        """The first batch of a stage: check the labels and the network's input and output, naming them."""
+        what = f"the first {_STAGE_WORDS[stage]} batch"
+        _check_labels(y, self.num_classes, what)
+        try:
+            logits: Tensor = self.net(x)
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError from torch 2.5 on) not a shape problem
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"DNNClassifier: the network {type(self.net).__name__} cannot take {what}: its inputs x have shape "
+                f"{shape}{f' ({x.dtype})' if isinstance(x, Tensor) else ''}, the network expects "
+                f"{_expected_input(self.net)}, and num_classes={self.num_classes}. Match the data to the network "
+                "(the data module's `flatten`, the number of features or channels) or build the network for the "
+                f"data. The network raised: {err}"
+            ) from err
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes or logits.shape[0] != len(y):
+            raise ValueError(
+                f"DNNClassifier: the network {type(self.net).__name__} returned logits of shape "
+                f"{list(logits.shape)} for {what} of {len(y)} samples; expected [{len(y)}, num_classes="
+                f"{self.num_classes}] (one logit per class). Check the network's output layer and num_classes."
+            )
+        self._checked_stages.add(stage)
+        return logits
+
+    def _check_data_classes(self) -> None:
+        """Compare the data module's ``num_classes`` (when it has one) with the network's at fit start."""
+        data = getattr(self._trainer, "datamodule", None)
+        classes = getattr(data, "num_classes", None)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes == self.num_classes:
+            return
+        name = type(data).__name__
+        if classes > self.num_classes:
+            raise ValueError(
+                f"{name} has {classes} classes but the network outputs num_classes={self.num_classes} logits: "
+                f"labels {self.num_classes}..{classes - 1} would be out of range. Build the network with "
+                f"{classes} outputs, or select {self.num_classes} classes with the data module's `classes=`."
+            )
+        rank_zero_warn(
+            f"{name} has {classes} classes but the network outputs num_classes={self.num_classes} logits: "
+            f"outputs {classes}..{self.num_classes - 1} are never a target (the model may still predict them)."
+        )
+
+    def _check_finite(self, nonfinite_tensors: Tensor, loss: Tensor) -> None:
+        """Act on a diverged epoch: non-finite weights per ``nonfinite``; a non-finite loss alone: warn."""
+        bad, loss_value = int(nonfinite_tensors.round()), float(loss)
+        if bad == 0 and math.isfinite(loss_value):
+            return
+        epoch = self.trainer.current_epoch
+        if bad == 0:
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                rank_zero_warn(
+                    f"DNNClassifier: train_loss of epoch {epoch} is non-finite ({loss_value}): some batches had a "
+                    "NaN/inf loss, but the weights are finite (those steps were skipped, e.g. by "
+                    "GradientClipping(skip_nonfinite=True) or 16-mixed precision's gradient scaler). Check the data "
+                    "and the learning rate."
+                )
+            return
+        names = [name for name, p in self.net.named_parameters() if not bool(torch.isfinite(p).all())]
+        total = sum(1 for _ in self.net.parameters())
+        message = (
+            f"DNNClassifier: training diverged in epoch {epoch}: the weights are non-finite ({bad} of {total} "
+            f"parameter tensors hold NaN/inf) and train_loss is {loss_value}; first non-finite parameter: "
+            f"net.{names[0] if names else '?'}. Lower the learning rate (lr={self.lr:g} for a named optimizer), "
+            "clip gradients (GradientClipping skips non-finite steps), and check the data for NaN/inf. "
+            "nonfinite='stop' ends the fit without an error, nonfinite='warn' goes on."
+        )
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        if self.nonfinite == "stop":
+            rank_zero_warn(message + " Stopping the fit.")
+            self.trainer.should_stop = True
+        elif not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(message)
 
     @override
     def configure_optimizers(self) -> Any:
@@ -272,7 +418,12 @@ class DNNClassifier(pl.LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             monitor = lr_scheduler.get("monitor") or getattr(scheduler, "monitor", None)
             if monitor is None:
-                monitor = "val_loss" if _has_validation(self) else "train_loss"
+                validates = _has_validation(self)
+                monitor = "val_loss" if validates else "train_loss"
+                reason = "the validation loss" if validates else "no validation loop: the training loss instead"
+            else:
+                reason = "as configured"
+            rank_zero_info(f"DNNClassifier: the {type(scheduler).__name__} schedule monitors {monitor} ({reason})")
             lr_scheduler["monitor"] = monitor
             if "frequency" not in lr_scheduler and monitor.startswith("val_") and self._trainer is not None:
                 # step only in the epochs that validate, so the monitored value is never stale or missing
@@ -294,6 +445,39 @@ class _EpochSums:
         self.sums: dict[str, Tensor] = {}
         self.count = 0
 
+    def reset(self) -> None:
+        """Forget the epoch's sums."""
+        self.sums = {}
+        self.count = 0
+
+    def to(self, device: torch.device) -> None:
+        """Move the sums to ``device`` (where the steps add to them)."""
+        self.sums = {key: value.to(device) for key, value in self.sums.items()}
+
+    def state_dict(self, strategy: Any | None) -> dict[str, Any] | None:
+        """The sums summed over all processes (one collective per value), on the CPU; ``None`` when empty.
+
+        Every process must call it (as every process runs ``on_save_checkpoint``).
+        """
+        if not self.sums:
+            return None
+        device = next(iter(self.sums.values())).device
+        sums, count = dict(self.sums), torch.tensor(self.count, dtype=torch.int64, device=device)
+        if strategy is not None:
+            sums = {key: strategy.reduce(value.clone(), reduce_op="sum") for key, value in sums.items()}
+            count = strategy.reduce(count, reduce_op="sum")
+        return {"count": int(count), "sums": {key: value.detach().cpu().clone() for key, value in sums.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any], *, keep: bool) -> None:
+        """Take the sums of ``state`` (``keep``: process 0) or zeros of the same keys (the other processes).
+
+        The epoch-end reduction sums over processes, so the global sums stored by :meth:`state_dict` come out
+        right whatever the number of processes of the resumed run.
+        """
+        sums = state.get("sums", {})
+        self.sums = {key: (value.clone() if keep else torch.zeros_like(value)) for key, value in sums.items()}
+        self.count = int(state.get("count", 0)) if keep else 0
+
     def update(self, n: int, means: Mapping[str, Tensor], totals: Mapping[str, Tensor] | None = None) -> None:
         """Add a batch of ``n`` samples: ``means`` are per-sample means (weighted by ``n``), ``totals`` sums."""
         weighted = [(k, v, n) for k, v in means.items()] + [(k, v, 1) for k, v in (totals or {}).items()]
@@ -305,17 +489,19 @@ class _EpochSums:
                 total.add_(value.detach(), alpha=weight)
         self.count += n
 
-    def compute(self, strategy: Any) -> dict[str, Tensor]:
-        """Return each weighted mean over all processes and reset."""
-        keys = list(self.sums)
+    def compute(self, strategy: Any, totals: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Return each weighted mean over all processes (and each of ``totals`` summed over them) and reset."""
+        keys, extra = list(self.sums), dict(totals or {})
         first = self.sums[keys[0]]
         stacked = torch.stack(
-            [self.sums[k].to(first.dtype) for k in keys] + [first.new_tensor(float(self.count))]
+            [self.sums[k].to(first.dtype) for k in keys]
+            + [v.to(first.device, first.dtype) for v in extra.values()]
+            + [first.new_tensor(float(self.count))]
         )
         stacked = strategy.reduce(stacked, reduce_op="sum")
         means = {key: stacked[i] / stacked[-1] for i, key in enumerate(keys)}
-        self.sums = {}
-        self.count = 0
+        means.update({key: stacked[len(keys) + i] for i, key in enumerate(extra)})
+        self.reset()
         return means
 
 
@@ -329,15 +515,99 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 
 
 def _has_validation(module: pl.LightningModule) -> bool:
+    """Whether the fit will run a validation loop with batches (asked before the loop loads its loaders)."""
     trainer = module._trainer
     if trainer is None:
         return True
     if trainer.limit_val_batches == 0:
         return False
-    try:  # the check Lightning's own configuration validator makes
-        return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
-    except AttributeError:  # pragma: no cover - other Lightning versions
-        return True
+    loaders = trainer.val_dataloaders  # None until the validation loop loads them
+    if loaders is None:
+        try:  # the source Lightning's own loop reads: the loaders given to fit(), or the val_dataloader hook
+            source = trainer.fit_loop.epoch_loop.val_loop._data_source
+            if not source.is_defined():
+                return False
+            loaders = source.dataloader()  # a data module is set up by now (setup runs before this)
+        except AttributeError:  # pragma: no cover - other Lightning versions
+            return True
+    return _has_batches(loaders)
+
+
+def _has_batches(loaders: Any) -> bool:
+    """False for ``[]``, ``{}``, ``None`` and loaders of length 0 (and collections of only those)."""
+    if loaders is None:
+        return False
+    if isinstance(loaders, list | tuple):
+        return any(_has_batches(loader) for loader in loaders)
+    if isinstance(loaders, Mapping):
+        return any(_has_batches(loader) for loader in loaders.values())
+    if isinstance(loaders, Sized):
+        try:
+            return len(loaders) > 0
+        except TypeError:  # an iterable-style dataset's loader has no length
+            return True
+    return True
+
+
+def _check_labels(y: Any, num_classes: int, what: str) -> None:
+    """Raise ValueError/TypeError unless ``y`` is a vector of integer labels in ``0..num_classes-1``."""
+    if not isinstance(y, Tensor):
+        raise TypeError(
+            f"DNNClassifier expects integer class labels y as a tensor, but {what} has y of type {type(y).__name__}"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(
+            f"DNNClassifier expects integer class labels 0..{num_classes - 1} in y, but {what} has labels of "
+            f"dtype {y.dtype}. Convert them with y.long() (class probabilities are not supported)."
+        )
+    if y.dim() != 1:
+        raise ValueError(
+            f"DNNClassifier expects y as a vector [N] of class labels, but {what} has y of shape {list(y.shape)}"
+            + (" (use y.squeeze(1))" if y.dim() == 2 and y.shape[1] == 1 else "")
+        )
+    bad = (y < 0) | (y >= num_classes)
+    if not bool(bad.any()):
+        return
+    index = int(bad.nonzero()[0])
+    label = int(y[index])
+    hint = (
+        "labels must be class indices >= 0"
+        if label < 0
+        else "the data has more classes than the network has outputs: build the network with more outputs "
+        "(num_classes / out_features), or select classes with the data module's `classes=`"
+    )
+    raise ValueError(
+        f"DNNClassifier: label {label} (at index {index} of {what}) is out of range for "
+        f"num_classes={num_classes} (labels must be 0..{num_classes - 1}): {hint}."
+    )
+
+
+def _expected_input(net: nn.Module) -> str:
+    """What the network's first layer takes, for error messages: ``"[N, 784] (its first layer, ...)"``."""
+    in_features = getattr(net, "in_features", None)
+    if isinstance(in_features, int) and not isinstance(in_features, bool) and in_features > 0:
+        return f"[N, {in_features}] ({type(net).__name__}(in_features={in_features}))"
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features > 0:
+            return f"[N, {module.in_features}] (its first layer, {name}: Linear(in_features={module.in_features}))"
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.in_channels > 0:
+            dims = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "D, H, W"}[type(module)]
+            return (
+                f"[N, {module.in_channels}, {dims}] (its first layer, {name}: "
+                f"{type(module).__name__}(in_channels={module.in_channels}))"
+            )
+    return "an input its first layer does not declare"
+
+
+def _count_nonfinite(net: nn.Module) -> Tensor:
+    """The number of parameter tensors of ``net`` holding a NaN or inf, as a device tensor (no host sync)."""
+    flags = [torch.isfinite(p).all() for p in net.parameters()]
+    if not flags:
+        return torch.zeros(())
+    devices = {f.device for f in flags}
+    if len(devices) > 1:
+        flags = [f.to(flags[0].device) for f in flags]
+    return (~torch.stack(flags)).sum()
 
 
 def _resolve_num_classes(net: nn.Module, num_classes: Any) -> int:

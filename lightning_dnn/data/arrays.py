@@ -13,12 +13,18 @@ from lightning_dnn.data.base import ClassificationDataModule, DatasetInfo, Scali
 
 __all__ = ["ArrayDataModule"]
 
+MAX_SPARSE_CLASSES = 1000  # more classes than this ...
+MAX_LABEL_SPARSITY = 10  # ... and this many times the distinct labels present: refused without `classes`
+
 
 class ArrayDataModule(ClassificationDataModule):
     """A data module over arrays you already hold: numpy arrays or torch tensors, any shape ``[N, ...]``.
 
     Labels are integers; without ``classes`` they are used as they are and ``num_classes`` is the largest
-    label plus one. The existing labels (what ``classes`` may select) are those present in ``y_train`` or
+    label plus one. Labels that would make an absurd number of classes (more than ``MAX_SPARSE_CLASSES`` =
+    1,000 and more than ``MAX_LABEL_SPARSITY`` = 10 times the number of distinct labels present, e.g. the
+    labels ``0, 1, 10**7``: 10,000,001 network outputs for 3 classes) are refused unless ``classes`` selects
+    and relabels them. The existing labels (what ``classes`` may select) are those present in ``y_train`` or
     ``y_test``. Samples keep their shape ``x.shape[1:]`` when ``flatten=False`` (give image data as
     ``[N, C, H, W]`` for convolutional nets and for ``augment``).
 
@@ -33,10 +39,12 @@ class ArrayDataModule(ClassificationDataModule):
         scaling: ``None`` by default here (the arrays are used as given); ``"unit"`` or ``"standardize"`` as
             in :class:`ClassificationDataModule`.
         batch_size, eval_batch_size, classes, samples_per_class, val_split, flatten, augment, seed,
-            device_resident, drop_last, num_workers, pin_memory: see :class:`ClassificationDataModule`.
+            device_resident, drop_last, num_workers, pin_memory, allow_nonfinite: see
+            :class:`ClassificationDataModule`.
 
     Raises:
-        ValueError, TypeError: arrays of mismatched lengths or shapes, non-integer labels, invalid options.
+        ValueError, TypeError: arrays of mismatched lengths or shapes, non-integer labels, label values that
+            make an absurd number of classes (without ``classes``), invalid options.
 
     Example:
         >>> import numpy as np
@@ -71,6 +79,7 @@ class ArrayDataModule(ClassificationDataModule):
         drop_last: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        allow_nonfinite: bool = False,
     ) -> None:
         if (x_test is None) != (y_test is None):
             raise ValueError("Pass both `x_test` and `y_test`, or neither")
@@ -86,6 +95,8 @@ class ArrayDataModule(ClassificationDataModule):
         present = np.unique(np.concatenate([y_tr] + ([y_te] if y_te is not None else [])))
         if present.min() < 0:
             raise ValueError(f"Labels must be >= 0, got {int(present.min())}")
+        if classes is None:
+            _check_label_density(present)
         names = _class_names(class_names, int(present.max()) + 1)
         value_range = _value_range(value_range)
         info = DatasetInfo(
@@ -106,6 +117,7 @@ class ArrayDataModule(ClassificationDataModule):
             drop_last=drop_last,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            allow_nonfinite=allow_nonfinite,
         )
         self.save_hyperparameters(ignore=["x_train", "y_train", "x_test", "y_test", "augment"])
 
@@ -155,6 +167,20 @@ def _check_pairs(arrays: tuple[Any, Any, Any, Any]) -> None:
         raise ValueError(
             f"`x_test` samples have shape {tuple(x_te.shape[1:])}, but `x_train` samples have "
             f"shape {tuple(int(d) for d in x_tr.shape[1:])}"
+        )
+
+
+def _check_label_density(present: np.ndarray) -> None:
+    """Refuse labels whose largest value implies far more classes than there are distinct labels."""
+    implied = int(present.max()) + 1
+    if implied > MAX_SPARSE_CLASSES and implied > MAX_LABEL_SPARSITY * len(present):
+        shown = present[:10].tolist()
+        raise ValueError(
+            f"The labels of `y_train`/`y_test` go up to {implied - 1}, which makes {implied} classes (one network "
+            f"output per label 0..{implied - 1}), but only {len(present)} distinct labels are present: "
+            f"{shown}{' ...' if len(present) > 10 else ''}. Relabel them 0..{len(present) - 1}, or pass "
+            f"classes={shown if len(present) <= 10 else '[...]'} to select them and relabel them 0..k-1 in that "
+            "order."
         )
 
 

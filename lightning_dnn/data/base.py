@@ -20,6 +20,7 @@ from typing_extensions import override
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
 from lightning_dnn.data._augment import AugmentSpec, build_augmentation
 from lightning_dnn.data._splits import remap_classes, sample_per_class, stratified_holdout
+from lightning_dnn.data._validate import check_class_coverage, check_finite, finite_statistics
 from lightning_dnn.loading import DeviceBatchLoader, EpochSampler, TransformDataset
 
 __all__ = ["ClassificationDataModule", "DatasetInfo", "Split"]
@@ -74,6 +75,10 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
     3. ``samples_per_class``: keep ``N`` seeded samples of each class from what remains for training.
     4. ``scaling``: statistics from the final training split only, applied to all splits.
 
+    It also checks the data there: NaN or inf values are refused (unless ``allow_nonfinite=True``), and so is
+    a class with no training sample that the validation or test split holds (it could never be learned); a
+    label with no sample in any split (a gap, as in labels ``0, 1, 3``) gets a warning.
+
     Loaders: by default every split is served by a :class:`DeviceBatchLoader` holding the tensors on the
     trainer's device (``trainer.strategy.root_device``; the CPU outside a trainer), sharded by
     ``trainer.global_rank``/``trainer.world_size`` under DDP (equal shares; as with ``DistributedSampler``, a
@@ -108,9 +113,14 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         drop_last: drop the last incomplete training batch of an epoch (a batch of one breaks batch norm).
         num_workers: ``DataLoader`` worker processes (only for the ``DataLoader`` path).
         pin_memory: ``DataLoader`` pinned memory (only for the ``DataLoader`` path).
+        allow_nonfinite: keep NaN/inf input values. By default :meth:`setup` (and :meth:`preprocess`) refuse
+            them with an error naming the array (``x_train``, ``x_test``), the count and the first position: one
+            NaN turns every weight NaN within a few steps. With ``True`` they are served as they are, and the
+            scaling statistics use the finite values only (so they do not spread to the other values).
 
     Raises:
-        ValueError, TypeError: for any invalid argument, naming it.
+        ValueError, TypeError: for any invalid argument, naming it; in :meth:`setup`, for non-finite inputs and
+            for a class that has no training sample but appears in the validation or test split.
 
     Example:
         >>> from lightning_dnn.data import DigitsDataModule
@@ -140,6 +150,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         drop_last: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        allow_nonfinite: bool = False,
     ) -> None:
         super().__init__()
         self.info = info
@@ -168,6 +179,7 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         self.drop_last = check_bool("drop_last", drop_last)
         self.num_workers = check_int("num_workers", num_workers, low=0)
         self.pin_memory = check_bool("pin_memory", pin_memory)
+        self.allow_nonfinite = check_bool("allow_nonfinite", allow_nonfinite)
         self.augment = augment
         self._transform = build_augmentation(augment, info.sample_shape)
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
@@ -243,6 +255,13 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         splits["train"] = (x_train, y_train)
         if test is not None:
             splits["test"] = test
+        check_class_coverage(
+            self.info.name,
+            {name: y for name, (_, y) in splits.items()},
+            self.class_names,
+            self.classes if self.classes is not None else list(range(self.num_classes)),
+            selected=self.classes is not None,
+        )
 
         self._fit_scaling(x_train)
         self._splits = {name: (self._scaled(x), torch.from_numpy(y)) for name, (x, y) in splits.items()}
@@ -294,6 +313,8 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
                 f"`x` must be shaped [N, *{self.info.sample_shape}] or [N, {self.info.num_features}], "
                 f"got {tuple(t.shape)}"
             )
+        if not self.allow_nonfinite:
+            check_finite("`x`", t)
         return self._served(self._scaled(t.reshape(len(t), *self.info.sample_shape)))
 
     # ----------------------------------------------------------------------------------------------- loaders
@@ -401,6 +422,8 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
             if not np.issubdtype(y_np.dtype, np.number) or not np.all(np.mod(y_np, 1) == 0):
                 raise ValueError(f"{self.info.name} {split}: labels must be integers, got dtype {y_np.dtype}")
         y_np = y_np.astype(np.int64)
+        if not self.allow_nonfinite:
+            check_finite(f"{self.info.name} `x_{split}`", x_t)
         unknown = np.setdiff1d(np.unique(y_np), np.asarray(self.info.labels))
         if unknown.size:
             raise ValueError(
@@ -410,19 +433,26 @@ class ClassificationDataModule(pl.LightningDataModule, ABC):
         return x_t.reshape(len(x_t), *self.info.sample_shape), y_np
 
     def _fit_scaling(self, x_train: Tensor) -> None:
+        # with allow_nonfinite, NaN/inf values (if any) are left out of the statistics
+        nonfinite = self.allow_nonfinite and x_train.is_floating_point() and not bool(torch.isfinite(x_train).all())
         if self.scaling is None:
             self._shift, self._scale = None, None
         elif self.scaling == "unit":
             if self.info.value_range is not None:
                 low, high = self.info.value_range
+            elif nonfinite:
+                low, high = (float(v) for v in finite_statistics(x_train, "unit"))
             else:
                 low, high = float(x_train.min()), float(x_train.max())
             self._shift = torch.tensor(low, dtype=torch.float32)
             self._scale = torch.tensor(high - low if high > low else 1.0, dtype=torch.float32)
         else:
-            x64 = x_train.to(torch.float64)
-            mean = x64.mean(dim=0)
-            std = x64.std(dim=0, correction=0)
+            if nonfinite:
+                mean, std = finite_statistics(x_train, "standardize")
+            else:
+                x64 = x_train.to(torch.float64)
+                mean = x64.mean(dim=0)
+                std = x64.std(dim=0, correction=0)
             self._shift = mean.to(torch.float32)
             self._scale = torch.where(std > 0, std, torch.ones_like(std)).to(torch.float32)
 

@@ -35,7 +35,8 @@ class DigitsDataModule(ClassificationDataModule):
 
     Args:
         batch_size, eval_batch_size, classes, samples_per_class, val_split, scaling, flatten, augment, seed,
-            device_resident, drop_last, num_workers, pin_memory: see :class:`ClassificationDataModule`
+            device_resident, drop_last, num_workers, pin_memory, allow_nonfinite: see
+            :class:`ClassificationDataModule`
             (``scaling="unit"`` divides by 16).
 
     Example:
@@ -62,6 +63,7 @@ class DigitsDataModule(ClassificationDataModule):
         drop_last: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        allow_nonfinite: bool = False,
     ) -> None:
         super().__init__(
             _INFO,
@@ -78,6 +80,7 @@ class DigitsDataModule(ClassificationDataModule):
             drop_last=drop_last,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            allow_nonfinite=allow_nonfinite,
         )
         self.save_hyperparameters()
 

@@ -46,7 +46,8 @@ class MNISTDataModule(ClassificationDataModule):
         root: the folder to search (and to download into); default ``./data``.
         download: download with torchvision when no files are found.
         batch_size, eval_batch_size, classes, samples_per_class, val_split, scaling, flatten, augment, seed,
-            device_resident, drop_last, num_workers, pin_memory: see :class:`ClassificationDataModule`
+            device_resident, drop_last, num_workers, pin_memory, allow_nonfinite: see
+            :class:`ClassificationDataModule`
             (``scaling="unit"`` divides by 255; ``flatten=False`` serves ``[N, 1, 28, 28]``).
 
     Raises:
@@ -91,6 +92,7 @@ class MNISTDataModule(ClassificationDataModule):
         drop_last: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        allow_nonfinite: bool = False,
     ) -> None:
         super().__init__(
             self.INFO,
@@ -107,6 +109,7 @@ class MNISTDataModule(ClassificationDataModule):
             drop_last=drop_last,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            allow_nonfinite=allow_nonfinite,
         )
         if root is not None and not isinstance(root, str | os.PathLike):
             raise TypeError(f"`root` must be a path, got {type(root).__name__} {root!r}")
