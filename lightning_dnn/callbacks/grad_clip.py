@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_number
@@ -67,6 +68,53 @@ def _scale_(grads: Sequence[Tensor], coefs: Sequence[Tensor] | Tensor | float) -
             torch._foreach_mul_([grads[i] for i in indices], [coefs[i].to(device) for i in indices])
 
 
+class _NormStatistics:
+    """The running statistics of a module's batch-norm layers, copied before a step's first batch to undo it.
+
+    The layers are found once per fit; their buffers are looked up at each copy (moving the module to a device
+    replaces them), in the layers' buffer dicts (``nn.Module.__getattr__`` would cost more than the copy), and
+    the copies are reused while the buffers stay the same tensors.
+    """
+
+    _NAMES = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[_NormBase, dict[str, Tensor | None]]] = []
+        self.taken = False
+        self._buffers: list[Tensor] = []
+        self._copies: list[Tensor] = []
+
+    def bind(self, module: nn.Module) -> None:
+        """Watch the batch-norm layers of ``module`` (any ``_NormBase`` that tracks running statistics)."""
+        self.layers = [
+            (m, m._buffers) for m in module.modules() if isinstance(m, _NormBase) and m.track_running_stats
+        ]
+        self._buffers, self._copies, self.taken = [], [], False
+
+    def take(self) -> None:
+        """Copy the statistics of the layers in training mode (the ones a forward pass updates)."""
+        buffers = [
+            b for m, named in self.layers if m.training for b in map(named.get, self._NAMES) if b is not None
+        ]
+        if len(buffers) != len(self._buffers) or any(
+            a is not b for a, b in zip(buffers, self._buffers, strict=True)
+        ):
+            self._buffers = buffers
+            self._copies = [torch.empty_like(b) for b in buffers]
+        if buffers:
+            torch._foreach_copy_(self._copies, buffers)
+        self.taken = bool(buffers)
+
+    def restore(self) -> None:
+        """Put the copied statistics back."""
+        if self.taken:
+            torch._foreach_copy_(self._buffers, self._copies)
+
+    def release(self) -> None:
+        """Forget the copy (its step is done); the next batch takes a new one."""
+        self.taken = False
+
+
 class GradientClipping(StateKeyOnce):
     """Clip gradients by value and/or norm, optionally only those of some layers, after AMP unscaling.
 
@@ -80,14 +128,20 @@ class GradientClipping(StateKeyOnce):
     For each stepping optimizer, the selected parameters it holds that have a gradient are processed in order:
 
     1. The pre-clip ``norm_type``-norm over all of them is computed (one foreach kernel per device and dtype).
-    2. Non-finite gradients (``skip_nonfinite=True``): when that norm is NaN or inf, every gradient of the
-       optimizer is set to ``None``, so torch optimizers skip the whole step (no update, no weight decay, no
-       momentum or Adam moment update for any parameter; LR schedulers and ``global_step`` still advance). A
-       warning is emitted the first time; the count is kept in ``skipped_steps``, logged and checkpointed. This
-       check costs one host synchronisation per step. Under 16-bit AMP the grad scaler already skips such steps
-       (and they are routine while it calibrates its scale), so the check is left to it and costs nothing.
-       A finite gradient whose norm overflows the dtype also counts as non-finite, as in
-       ``clip_grad_norm_(error_if_nonfinite=True)``.
+    2. Non-finite gradients (``skip_nonfinite=True``): when any gradient of the optimizer, selected or not,
+       holds NaN or inf (the norm over all of them is not finite), every gradient of the optimizer is set to
+       ``None``, so torch optimizers skip the whole step (no update, no weight decay, no momentum or Adam moment
+       update for any parameter; LR schedulers and ``global_step`` still advance), and the running statistics of
+       every batch-norm layer (any ``_NormBase`` in training mode: ``running_mean``, ``running_var``,
+       ``num_batches_tracked``) are restored to their values before the step's first batch (its forward pass has
+       already updated them, with NaN when it overflowed): the model is left as if the batch had never been
+       seen. A warning naming the non-finite gradients is emitted the first time; the count is kept in
+       ``skipped_steps``, logged and checkpointed. This check costs one host synchronisation per step, and with
+       batch norm one copy of its buffers per step. Under 16-bit AMP the grad scaler skips such steps itself
+       (they are routine while it calibrates its scale) and they are not counted; the batch-norm statistics of a
+       step it skips are restored all the same. A finite gradient whose norm overflows the dtype also counts as
+       non-finite, as in ``clip_grad_norm_(error_if_nonfinite=True)``. Other state that a forward pass changes
+       (a random generator, a custom module's buffers) is not restored.
     3. By norm (``norm``): globally, like ``torch.nn.utils.clip_grad_norm_(selected, norm, norm_type)``: every
        gradient is multiplied by ``min(1, norm / (total + 1e-6))``; or, with ``per_parameter=True``, each
        gradient by ``min(1, norm / (‖g‖ + 1e-6))``.
@@ -114,8 +168,9 @@ class GradientClipping(StateKeyOnce):
             ``None`` selects every parameter.
         per_parameter: With ``norm``, clip each parameter's gradient norm separately instead of the global norm.
         log_norm: Log the pre-clip norm (and ``skipped_steps``).
-        skip_nonfinite: Skip optimizer steps whose selected gradients are not finite (see above). ``False``
-            saves the host synchronisation and lets non-finite gradients reach the optimizer.
+        skip_nonfinite: Skip optimizer steps whose gradients are not finite, all of them and not only the
+            selected ones, and restore the batch-norm statistics of such steps (see above). ``False`` saves the
+            host synchronisation and the buffer copy, and lets non-finite gradients reach the optimizer.
 
     Raises:
         ValueError: for non-positive thresholds, neither ``value`` nor ``norm``, ``per_parameter`` without
@@ -176,7 +231,9 @@ class GradientClipping(StateKeyOnce):
         self._skipped_steps = 0
         self._warned = False
         self._selected: set[int] | None = None
-        self._per_optimizer: dict[int, tuple[tuple[int, ...], list[nn.Parameter]]] = {}
+        self._per_optimizer: dict[int, tuple[tuple[int, ...], list[nn.Parameter], list[nn.Parameter]]] = {}
+        self._statistics = _NormStatistics()
+        self._stepped = False  # an optimizer step ran during the current batch
 
     @override
     def state_key_fields(self) -> dict[str, Any]:
@@ -230,19 +287,39 @@ class GradientClipping(StateKeyOnce):
             self._selected = {id(p) for _, p in select_parameters(pl_module, self._patterns, arg="pattern")}
         self._per_optimizer = {}
         self._warned = False
+        self._statistics.bind(pl_module)
+        self._stepped = False
 
-    def _owned(self, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-        """The selected parameters held by ``optimizer``, cached until its param groups change size."""
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the first batch of a step (several under gradient accumulation): copy what its forward passes change
+        if self.skip_nonfinite and not self._statistics.taken:
+            self._statistics.take()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._stepped:
+            self._stepped = False
+            self._statistics.release()
+
+    def _owned(self, optimizer: torch.optim.Optimizer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``(selected, others)``: the parameters of ``optimizer``, cached until its param groups change size."""
         signature = tuple(len(group["params"]) for group in optimizer.param_groups)
         cached = self._per_optimizer.get(id(optimizer))
         if cached is None or cached[0] != signature:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if self._selected is not None:
-                params = [p for p in params if id(p) in self._selected]
-            unique = list({id(p): p for p in params}.values())
-            cached = (signature, unique)
+            unique = list({id(p): p for group in optimizer.param_groups for p in group["params"]}.values())
+            selected = self._selected
+            cached = (
+                signature,
+                [p for p in unique if selected is None or id(p) in selected],
+                [p for p in unique if selected is not None and id(p) not in selected],
+            )
             self._per_optimizer[id(optimizer)] = cached
-        return cached[1]
+        return cached[1], cached[2]
 
     @staticmethod
     def _is_logging_step(trainer: pl.Trainer) -> bool:
@@ -253,38 +330,59 @@ class GradientClipping(StateKeyOnce):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        params = [p for p in self._owned(optimizer) if p.grad is not None]
-        grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
-        if not grads:
+        self._stepped = True
+        selected, others = self._owned(optimizer)
+        params = [p for p in selected if p.grad is not None]
+        rest = [p for p in others if p.grad is not None]
+        if not params and not rest:
             return
         _refuse_sparse(pl_module, params)
-        check_finite = self.skip_nonfinite and getattr(trainer.precision_plugin, "scaler", None) is None
+        grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
+        # with a grad scaler, the scaler skips non-finite steps; the check only tells whether to undo batch norm
+        check = self.skip_nonfinite and (not scaled or self._statistics.taken)
         logging_step = self.log_norm and self._is_logging_step(trainer)
 
         norms: list[Tensor] | None = None
         total: Tensor | None = None
-        if self.norm is not None or check_finite or logging_step:
+        if grads and (self.norm is not None or check or logging_step):
             norms = _norms(grads, self.norm_type)
             total = _total(norms, self.norm_type)
         if logging_step and total is not None:
             pl_module.log(self._norm_key, total, on_step=True, on_epoch=False, logger=bool(trainer.loggers))
 
-        # the one host sync, paid only when non-finite steps are skipped
-        total_value = total.item() if check_finite and total is not None else None
-        if total is not None and total_value is not None and not math.isfinite(total_value):
-            self._skip(trainer, optimizer, total)
-        else:
+        finite, total_value = self._finite(total, rest) if check else (True, None)
+        if not finite:
+            if not scaled:
+                self._skip(trainer, pl_module, optimizer)
+            self._statistics.restore()
+        elif grads:
             if self.norm is not None and norms is not None and total is not None:
                 self._clip_norm(self.norm, grads, norms, total, total_value)
             if self.value is not None:
                 torch._foreach_clamp_min_(grads, -self.value)
                 torch._foreach_clamp_max_(grads, self.value)
 
-        if logging_step and check_finite:
+        if logging_step and check and not scaled:
             count = float(self._skipped_steps)
             pl_module.log(
                 self._skipped_key, count, on_step=True, on_epoch=False, logger=bool(trainer.loggers)
             )
+
+    def _finite(self, total: Tensor | None, rest: list[nn.Parameter]) -> tuple[bool, float | None]:
+        """Whether every gradient (selected or not) is finite, and the selected ones' total norm on the host.
+
+        This is the one host synchronisation of a step: the selected total and the other gradients' total norm
+        are read together.
+        """
+        parts = [] if total is None else [total]
+        if rest:
+            # a sparse gradient outside the pattern is not clipped, but its values are checked all the same
+            grads = [_values(p.grad) for p in rest]  # type: ignore[arg-type]
+            other = _total(_norms(grads, self.norm_type), self.norm_type)
+            parts.append(other if total is None else other.to(total.device, total.dtype))
+        values = parts[0].reshape(1).tolist() if len(parts) == 1 else torch.stack(parts).tolist()
+        return all(math.isfinite(v) for v in values), None if total is None else values[0]
 
     def _clip_norm(
         self, norm: float, grads: list[Tensor], norms: list[Tensor], total: Tensor, total_value: float | None
@@ -305,15 +403,15 @@ class GradientClipping(StateKeyOnce):
             if coef < 1.0:
                 _scale_(grads, coef)
 
-    def _skip(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, total: Tensor) -> None:
+    def _skip(self, trainer: pl.Trainer, pl_module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._skipped_steps += 1
         if not self._warned:
             self._warned = True
+            undone = " and restoring the batch-norm running statistics" if self._statistics.taken else ""
             rank_zero_warn(
-                f"GradientClipping: non-finite gradients at global step {trainer.global_step} (the "
-                f"{self.norm_type}-norm of the selected gradients is {total.item()}); skipping this optimizer "
-                "step (all its gradients are set to None). Later skips are counted in `skipped_steps` "
-                "without a warning."
+                f"GradientClipping: non-finite gradients at global step {trainer.global_step} in "
+                f"{_nonfinite_names(pl_module, optimizer, self.norm_type)}; skipping this optimizer step (all its "
+                f"gradients are set to None){undone}. Later skips are counted in `skipped_steps` without a warning."
             )
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -322,7 +420,7 @@ class GradientClipping(StateKeyOnce):
     def __getstate__(self) -> dict[str, Any]:
         # parameter ids and optimizer caches belong to one fit; they are rebuilt at the next fit start
         state = self.__dict__.copy()
-        state.update(_selected=None, _per_optimizer={})
+        state.update(_selected=None, _per_optimizer={}, _statistics=_NormStatistics(), _stepped=False)
         return state
 
 
@@ -334,3 +432,19 @@ def _refuse_sparse(pl_module: nn.Module, params: Sequence[Tensor]) -> None:
                 f"GradientClipping does not support sparse gradients (parameter {name!r}); "
                 "leave its module out of `pattern`."
             )
+
+
+def _nonfinite_names(pl_module: nn.Module, optimizer: torch.optim.Optimizer, norm_type: float) -> str:
+    """The names of the optimizer's parameters whose gradients are not finite, for the warning (a few)."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"] if p.grad is not None}
+    named = [(n, p) for n, p in pl_module.named_parameters() if id(p) in held]
+    bad = [n for n, p in named if not bool(torch.isfinite(_values(p.grad)).all())]  # type: ignore[arg-type]
+    if not bad:
+        return f"no single gradient (the {norm_type}-norm of the finite gradients overflows)"
+    shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    return shown if len(bad) == 1 else f"{shown} ({len(bad)} of {len(named)} parameter tensors)"
+
+
+def _values(grad: Tensor) -> Tensor:
+    """The stored values of a gradient: itself, or a sparse one's non-zero values."""
+    return grad.coalesce().values() if grad.is_sparse else grad

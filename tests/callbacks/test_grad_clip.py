@@ -271,6 +271,35 @@ def test_resume_keeps_the_skip_count_and_equals_uninterrupted_run(
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+class SparseEmbedding(pl.LightningModule):
+    """A sparse embedding (not clipped) feeding a dense head (clipped); the embedding's gradient is inf at step 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4, sparse=True)
+        self.head = nn.Linear(4, 3)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.head(self.embed(x)), y)
+        if batch_idx == 1:
+            self.embed.weight.register_hook(lambda g: g * float("inf"))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_sparse_gradient_outside_the_pattern_is_checked_not_refused(trainer_kwargs):
+    data = torch.utils.data.TensorDataset(torch.arange(16) % 10, torch.arange(16) % 3)
+    model, clip = SparseEmbedding(), GradientClipping(norm=1.0, pattern="head")
+    trainer = pl.Trainer(**{**trainer_kwargs, "limit_train_batches": 2}, callbacks=[clip])
+    with pytest.warns(UserWarning, match=r"non-finite gradients at global step 1 in embed\.weight"):
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    assert clip.skipped_steps == 1
+    assert torch.isfinite(model.embed.weight).all()
+
+
 def test_state_dict_round_trip_and_state_key():
     a = GradientClipping(norm=1.0)
     a.load_state_dict({"skipped_steps": 3})
@@ -332,18 +361,24 @@ def test_bad_arguments(kwargs, error, match):
 
 
 class RankNanModule(pl.LightningModule):
-    """Module-level (picklable for ``ddp_spawn``): the loss is NaN on rank 0 only, at batch 1."""
+    """Module-level (picklable for ``ddp_spawn``): the forward pass overflows on rank 0 only, at batch 1.
+
+    Rank 0's batch norm sees an inf input there (its running statistics turn NaN in the forward pass), and DDP
+    broadcasts rank 0's buffers to every rank at the next forward pass.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
         with torch.no_grad():
             self.net[0].weight.mul_(10.0)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        return loss * float("nan") if (self.global_rank, batch_idx) == (0, 1) else loss
+        if (self.global_rank, batch_idx) == (0, 1):
+            x = x.clone()
+            x[0, 0] = float("inf")
+        return nn.functional.cross_entropy(self.net(x), y)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
@@ -359,13 +394,17 @@ class ReportRanks(pl.Callback):
         clip = next(c for c in trainer.callbacks if isinstance(c, GradientClipping))
         flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         gathered = pl_module.all_gather(torch.cat([flat, torch.tensor([float(clip.skipped_steps)])]))
+        buffers = torch.cat([b.detach().double().flatten() for b in pl_module.buffers()])
+        buffers = pl_module.all_gather(buffers)
         if trainer.is_global_zero:
-            torch.save({"gathered": gathered, "row_norms": pl_module.net[0].weight.norm(dim=1)}, self.path)
+            row_norms = pl_module.net[0].weight.norm(dim=1)
+            torch.save({"gathered": gathered, "buffers": buffers, "row_norms": row_norms}, self.path)
 
 
 @pytest.mark.ddp
 def test_ddp_ranks_agree_on_skipping(tiny_loader, trainer_kwargs, tmp_path):
-    """NaN gradients on one rank become NaN on all after the all-reduce, so every rank skips the same step."""
+    """NaN gradients on one rank become NaN on all after the all-reduce, so every rank skips the same step, and
+    restores its batch-norm statistics (rank 0's NaN ones would otherwise reach every rank by DDP's broadcast)."""
     from lightning_dnn.callbacks.max_norm import MaxNorm
 
     report = tmp_path / "ranks.pt"
@@ -390,6 +429,7 @@ def test_ddp_ranks_agree_on_skipping(tiny_loader, trainer_kwargs, tmp_path):
     assert torch.equal(gathered[0], gathered[1])  # identical replicas, identical skip counts
     assert gathered[0, -1] == 1.0
     assert torch.isfinite(gathered).all()
+    assert torch.isfinite(result["buffers"]).all()
     assert (result["row_norms"] <= 1.0 + 1e-6).all()
 
 

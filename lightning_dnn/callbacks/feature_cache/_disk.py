@@ -2,14 +2,17 @@
 
 Layout under the root: ``<split>-<model>-<data>/`` holds an entry (see :class:`FeatureStore`), and
 ``plans/<plan key>.json`` remembers the trunk found for an architecture, boundary request and set of frozen
-parameters, so a later run that finds its entry on disk needs no forward pass at all.
+parameters, so a later run that finds its entry on disk needs no forward pass at all. ``.tmp-*`` names are
+builds in progress (or leftovers of dead ones, removed by :meth:`DiskCache.sweep_once`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_dnn.callbacks.feature_cache._files import FORMAT_VERSION, sweep
 from lightning_dnn.callbacks.feature_cache._plan import TrunkPlan
-from lightning_dnn.callbacks.feature_cache._store import FORMAT_VERSION, FeatureStore, tensor_digest
+from lightning_dnn.callbacks.feature_cache._store import FeatureStore, tensor_digest
 from lightning_dnn.callbacks.feature_cache._trunk import trunk_tensors
 
 __all__ = ["DiskCache", "data_fingerprint", "model_fingerprint", "plan_key"]
+
+log = logging.getLogger(__name__)
 
 _SHOWN = 24  # hex digits of each fingerprint in a directory name
 
@@ -72,6 +78,19 @@ class DiskCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._swept = False
+
+    def sweep_once(self) -> None:
+        """Remove the temporary directories of dead builds under the root (the first time only)."""
+        if not self._swept:
+            self._swept = True
+            removed = sweep(self.root)
+            if removed:
+                log.info("FeatureCache: removed %d leftover(s) of builds that did not finish", len(removed))
+
+    def discard(self, directory: Path) -> None:
+        """Delete an entry that failed its content check (a rebuild writes a new one)."""
+        shutil.rmtree(directory, ignore_errors=True)
 
     def entry(self, key: str, model_fp: str, data_fp: str) -> Path:
         """The directory of the entry for ``key`` (``"train"``, ``"val0"``, ...) and the two fingerprints."""
@@ -82,9 +101,16 @@ class DiskCache:
         prefix = f"{key}-{model_fp[:_SHOWN]}-"
         return self.root.is_dir() and any(p.name.startswith(prefix) for p in self.root.iterdir())
 
-    def open(self, key: str, model_fp: str, data_fp: str, device: torch.device) -> FeatureStore | None:
-        """The committed entry with exactly these fingerprints, or ``None``."""
-        store = FeatureStore.open(self.entry(key, model_fp, data_fp), f"{model_fp}:{data_fp}", device)
+    def open(
+        self, key: str, model_fp: str, data_fp: str, device: torch.device, *, verify_contents: bool = True
+    ) -> FeatureStore | None:
+        """The committed entry with exactly these fingerprints (its contents verified), or ``None``.
+
+        Raises:
+            CorruptEntry: the entry is there, but its files do not match their content hashes.
+        """
+        directory = self.entry(key, model_fp, data_fp)
+        store = FeatureStore.open(directory, f"{model_fp}:{data_fp}", device, verify_contents=verify_contents)
         if store is None or store.manifest.get("kind") not in ("tensor", "tuple", "list"):
             return None
         return store

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from lightning_dnn.callbacks.feature_cache._disk import (
     model_fingerprint,
     plan_key,
 )
+from lightning_dnn.callbacks.feature_cache._files import CorruptEntry
 from lightning_dnn.callbacks.feature_cache._loaders import (
     BatchKind,
     Data,
@@ -360,19 +362,38 @@ class CacheSession:
     def _open_disk(
         self, key: str, plan: TrunkPlan, model_fp: str, data: Data, views: int
     ) -> CacheEntry | None:
-        if not self.options.may_use_disk or not self.disk.may_hold(key, model_fp):
-            return None  # nothing on disk for these weights: no need to hash the data
-        data_fp = self._data_fingerprint(key, data)
-        device = self.runtime.device
-        store = self.disk.open(key, model_fp, data_fp, device)
-        if store is None:
-            return None
+        found = self._find_on_disk(key, model_fp, data) if self.options.may_use_disk else None
+        if not self.runtime.all_agree(found is not None) or found is None:
+            return None  # every rank gets here, whatever it found: the collectives stay in step
+        store, data_fp = found
         log.info("FeatureCache: reusing %s", store.directory)
         kind = store.manifest["kind"]
         storage = self._storage_kind(store.nbytes)
         if storage != "disk":  # it fits in memory: serve it from there
-            store = load_into_memory(store, storage, device)
+            store = load_into_memory(store, storage, self.runtime.device)
         return CacheEntry(plan, store, kind, views, model_fp, data.local_key(), f"{model_fp}:{data_fp}")
+
+    def _find_on_disk(self, key: str, model_fp: str, data: Data) -> tuple[FeatureStore, str] | None:
+        """This process's look at the disk (no collectives): the entry and its data fingerprint, or ``None``.
+
+        The node's local rank 0 reads the entry's files once to check their content hashes; when they fail,
+        it warns, deletes the entry and returns ``None``, which makes every rank rebuild.
+        """
+        self.disk.sweep_once()
+        if not self.disk.may_hold(key, model_fp):
+            return None  # nothing on disk for these weights: no need to hash the data
+        data_fp = self._data_fingerprint(key, data)
+        checker = self.runtime.local_rank == 0
+        try:
+            store = self.disk.open(key, model_fp, data_fp, self.runtime.device, verify_contents=checker)
+        except CorruptEntry as err:  # seen by one process per node (local rank 0), so warned by each of them
+            warnings.warn(
+                f"FeatureCache: the disk cache is corrupted: {err}. Discarding it and rebuilding.",
+                stacklevel=2,
+            )
+            self.disk.discard(self.disk.entry(key, model_fp, data_fp))
+            return None
+        return None if store is None else (store, data_fp)
 
     def _storage_kind(self, nbytes: int) -> StorageKind:
         options = self.options
@@ -391,6 +412,7 @@ class CacheSession:
         )
         directory = None
         if storage == "disk":
+            self.disk.sweep_once()
             data_fp = self._data_fingerprint(key, data)
             directory = self.disk.entry(key, model_fp, data_fp)
         store = FeatureStore.allocate(
@@ -443,7 +465,8 @@ class CacheSession:
                 key = self._plan_key()
                 self.disk.write_plan(key, built.plan, self._plans.get(key, (built.plan, True))[1])
         self.runtime.barrier("FeatureCache.commit")
-        opened = FeatureStore.open(directory, fingerprint, self.runtime.device)
+        # written by this node's local rank 0 a moment ago (and checked when it replaced another process's)
+        opened = FeatureStore.open(directory, fingerprint, self.runtime.device, verify_contents=False)
         if opened is None:
             raise RuntimeError(
                 f"FeatureCache: the disk cache {directory} written by local rank 0 cannot be read here: "

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_dnn.callbacks.feature_cache._files import FORMAT_VERSION, EntryWriter, read_manifest, verify
+
 __all__ = [
-    "FORMAT_VERSION",
     "FeatureStore",
     "StorageKind",
     "choose_storage",
@@ -32,7 +30,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 StorageKind = Literal["device", "pinned", "disk"]
-FORMAT_VERSION = 1
 _CHUNK = 1 << 20  # 32-bit words per hashed chunk
 _MIX = 0x5851F42D4C957F2D  # odd multiplier chaining the chunk sums
 _WEIGHTS: dict[str, Tensor] = {}
@@ -131,10 +128,11 @@ class FeatureStore:
     * ``"pinned"``: page-locked host memory; a batch is gathered into a pinned buffer and copied to the GPU
       asynchronously (PyTorch's caching host allocator keeps the buffer alive until the copy is done).
     * ``"disk"``: ``.npy`` files opened as memory maps. An entry is a directory written under a temporary name,
-      completed by ``manifest.json`` (the fingerprint, the arrays' shapes and dtypes) and then renamed into
-      place (``os.rename`` of a directory is atomic on POSIX). A reader trusts a directory only when its
-      manifest is there, names the expected fingerprint and matches the files; a crash mid-build leaves at most
-      a ``.tmp-*`` directory, which is never read.
+      completed by ``manifest.json`` (the fingerprint, the arrays' shapes and dtypes, each file's size and a
+      SHA-256 per 4 MiB chunk of it) and then renamed into place (``os.rename`` of a directory is atomic on
+      POSIX). A reader trusts a directory only when its manifest is there, names the expected fingerprint and
+      matches the files, contents included; a crash mid-build leaves at most a ``.tmp-*`` directory, which is
+      never read and which the next run on the same root removes once its owner is gone (see ``_files``).
 
     Use :meth:`allocate` to create one to fill with :meth:`write`, :meth:`open` to read a committed disk entry.
 
@@ -162,7 +160,7 @@ class FeatureStore:
         device: torch.device,
         *,
         directory: Path | None = None,
-        writer: _DiskWriter | None = None,
+        writer: EntryWriter | None = None,
     ) -> None:
         self.kind: StorageKind = kind
         self.arrays = list(arrays)
@@ -197,10 +195,12 @@ class FeatureStore:
                 raise ValueError("a disk store needs a directory")
             if not write:
                 return cls(kind, [], dtypes, device, directory=directory)
-            writer = _DiskWriter(directory)
+            writer = EntryWriter(directory)
             try:
                 arrays: list[Any] = [
-                    writer.create(f"array{i}.npy", shape, dtype)
+                    np.lib.format.open_memmap(
+                        writer.path(f"array{i}.npy"), mode="w+", dtype=_numpy_dtype(dtype), shape=shape
+                    )
                     for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True))
                 ]
             except BaseException:
@@ -216,11 +216,23 @@ class FeatureStore:
         return cls(kind, arrays, dtypes, device)
 
     @classmethod
-    def open(cls, directory: Path, fingerprint: str, device: torch.device) -> FeatureStore | None:
-        """Open a committed disk entry read-only, or return ``None`` unless it is complete and matches."""
-        manifest = _read_manifest(directory)
+    def open(
+        cls, directory: Path, fingerprint: str, device: torch.device, *, verify_contents: bool = True
+    ) -> FeatureStore | None:
+        """Open a committed disk entry read-only, or return ``None`` unless it is complete and matches.
+
+        With ``verify_contents``, every file is read once and checked against the content hashes of the
+        manifest before it is used (about 1 s per GB of cache on one core).
+
+        Raises:
+            CorruptEntry: the entry is complete and has the fingerprint, but a file's contents do not match
+                their hashes (the message names the file and the chunk).
+        """
+        manifest = read_manifest(directory)
         if manifest is None or manifest.get("fingerprint") != fingerprint or not manifest.get("complete"):
             return None
+        if verify_contents:
+            verify(directory, manifest)
         arrays: list[np.ndarray] = []
         dtypes: list[torch.dtype] = []
         try:
@@ -251,7 +263,7 @@ class FeatureStore:
         ]
         manifest = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "arrays": specs, **extra}
         self.arrays = []  # drop the writable maps before the rename
-        self._writer.commit({**manifest, "complete": True}, fingerprint)
+        self._writer.commit(manifest, [f"array{i}.npy" for i in range(len(specs))])
         self._writer = None
 
     def abort(self) -> None:
@@ -276,6 +288,8 @@ class FeatureStore:
         """Store rows ``start ... start + len(values[i])`` of view ``view`` of the arrays ``first, first + 1, ...``."""
         if not self.arrays:
             return
+        if self._writer is not None:
+            self._writer.beat()
         for array, value in zip(self.arrays[first : first + len(values)], values, strict=True):
             stop = start + len(value)
             if isinstance(array, Tensor):
@@ -313,61 +327,3 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     if dtype in _NUMPY_SAME_SIZE:
         return np.dtype(_NUMPY_SAME_SIZE[dtype])
     return torch.empty((), dtype=dtype).numpy().dtype
-
-
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        with open(directory / "manifest.json", encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-        return None
-    return manifest
-
-
-class _DiskWriter:
-    """A temporary directory beside ``final`` that becomes ``final`` on commit, or disappears on abort."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
-        self.tmp.mkdir()
-
-    def create(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
-        array: np.ndarray = np.lib.format.open_memmap(
-            self.tmp / name, mode="w+", dtype=_numpy_dtype(dtype), shape=shape
-        )
-        return array
-
-    def commit(self, manifest: dict[str, Any], fingerprint: str) -> None:
-        for path in self.tmp.iterdir():
-            _fsync(path)
-        with open(self.tmp / "manifest.json", "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.rename(self.tmp, self.final)
-        except OSError:
-            # `final` exists: another process finished the same entry first, or an untrusted leftover is there.
-            if FeatureStore.open(self.final, fingerprint, torch.device("cpu")) is None:
-                shutil.rmtree(self.final, ignore_errors=True)
-                os.rename(self.tmp, self.final)
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-        _fsync(self.final.parent)
-        log.info("FeatureCache: wrote %s", self.final)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

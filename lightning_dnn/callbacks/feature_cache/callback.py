@@ -76,8 +76,11 @@ class FeatureCache(StateKeyOnce):
       of the available host memory), else pinned memory (GPU runs), else disk. A disk entry is written under a
       temporary name and renamed into place after its manifest; a later run whose fingerprint (trunk weights,
       boundary, precision, views, and the data's content hash or ``data_id``) matches reuses it without
-      running the trunk. Data that is neither held in tensors nor named by ``data_id`` gets a run-local key,
-      and its disk entry is deleted after the fit.
+      running the trunk, once its files pass the content check (a SHA-256 per 4 MiB chunk, stored in the
+      manifest; an entry that fails it is deleted and rebuilt, with a warning naming the file and chunk). A
+      build killed mid-way leaves a ``.tmp-*`` directory, which the next run on the same ``cache_dir`` removes
+      once its owner process is gone. Data that is neither held in tensors nor named by ``data_id`` gets a
+      run-local key, and its disk entry is deleted after the fit.
     * **Checkpoints** hold the boundary, fingerprint and views (``state_dict``); the cache itself is rebuilt (or
       reused from disk) on resume, which continues as an uninterrupted run would.
 
