@@ -7,22 +7,26 @@ the monitored metric improves and loads it back at the end of ``fit``, whether t
 
 DDP: the improvement decision is rank 0's, broadcast to every rank, so all ranks snapshot at the same epochs
 (their replicas are identical). With ``store="memory"`` each rank keeps its own CPU copy. With ``store="disk"`` the
-local rank 0 of each node writes the file (atomically: a temporary file, then ``os.replace``; identical content
-when several nodes share a filesystem), and at the end every rank waits at a barrier, then reads it.
+local rank 0 of each node writes the file (atomically: a temporary file, then ``os.replace``), and at the end every
+rank waits at a barrier, then reads and verifies it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import tempfile
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -58,8 +62,18 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
             exactly like Lightning's callback.
         store: ``"memory"`` keeps a CPU copy of the state dict, also saved in this callback's checkpoint state so
             a resumed run can still restore an earlier best; ``"disk"`` writes it as a safetensors file
-            ``best-weights-{monitor}-{mode}.safetensors`` under ``trainer.log_dir`` (``default_root_dir`` without
-            a logger) and stores only its path in the checkpoint. Disk needs a state dict of tensors only.
+            ``best-weights-{monitor}-{mode}-{run_id}.safetensors`` under ``trainer.log_dir`` (``default_root_dir``
+            without a logger) and stores only its path in the checkpoint. Disk needs a state dict of tensors only.
+
+    Each ``fit`` starts afresh (Keras semantics): the best score, wait count, stopped epoch, best epoch and stored
+    weights of an earlier fit are dropped, so an instance reused for another model never restores the previous
+    model's weights, and ``check_on_train_epoch_end=None`` is resolved for the new trainer. A fit resumed with ``ckpt_path=`` keeps the state restored from the checkpoint instead.
+
+    The disk file belongs to one run: a random run id, drawn when a fit starts afresh and kept through resumes in
+    the checkpoint state, is in its name and in its safetensors metadata, next to the epoch, the step and a
+    SHA-256 of the weights (also in the checkpoint state). At the end of ``fit`` the file must carry this run's
+    id, the best epoch and step, and weights matching that hash; anything else (another run's file, a later
+    epoch of this run, an edited or corrupted file) is refused with a ``RuntimeError`` rather than loaded.
 
     Attributes:
         best_epoch: the epoch whose weights are (or will be) restored; ``None`` before the first check.
@@ -68,6 +82,8 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
     Raises:
         TypeError: ``restore_best_weights`` not a bool.
         ValueError: ``store`` not in ``{"memory", "disk"}``.
+        RuntimeError: at the end of ``fit`` with ``store="disk"``, when the best weights file is missing or is not
+            this run's best (the model keeps its last weights).
 
     Example:
         >>> import torch, pytorch_lightning as pl
@@ -122,12 +138,16 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
             log_rank_zero_only=log_rank_zero_only,
         )
         self.restore_best_weights = check_bool("restore_best_weights", restore_best_weights)
+        self._check_on_train_epoch_end_arg = check_on_train_epoch_end  # None: decided again in each `setup`
         self.store: Store = check_choice("store", store, ("memory", "disk"))  # type: ignore[assignment]
         self.best_epoch: int | None = None
         self.best_step: int | None = None
         self._best_state: dict[str, Any] | None = None  # store="memory"
         self._best_path: str | None = None  # store="disk": where the current best lives
-        self._write_path: str | None = None  # store="disk": where this run writes
+        self._best_sha256: str | None = None  # store="disk": the hash of the weights in that file
+        self._write_dir: str | None = None  # store="disk": where this run writes
+        self._run_id: str | None = None  # drawn at a fresh fit start, kept by a resume
+        self._restored = False  # `load_state_dict` ran since `setup`: this fit resumes
 
     # ----------------------------------------------------------------------------------------------- state --
     @override
@@ -138,11 +158,14 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(best_epoch=self.best_epoch, best_step=self.best_step, store=self.store)
+        state.update(
+            best_epoch=self.best_epoch, best_step=self.best_step, store=self.store, run_id=self._run_id
+        )
         if self.store == "memory":
             state["best_weights"] = self._best_state
         else:
             state["best_weights_path"] = self._best_path
+            state["best_weights_sha256"] = self._best_sha256
         return state
 
     @override
@@ -152,15 +175,34 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
         self.best_step = state_dict.get("best_step")
         self._best_state = state_dict.get("best_weights")
         self._best_path = state_dict.get("best_weights_path")
+        self._best_sha256 = state_dict.get("best_weights_sha256")
+        self._run_id = state_dict.get("run_id")
+        self._restored = True
 
     # ----------------------------------------------------------------------------------------------- hooks --
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # Lightning restores callback states after `setup`, before or after `on_fit_start`
+            self._restored = False
+            self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg  # this trainer decides
+        super().setup(trainer, pl_module, stage)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._restored:
+            self._reset()
+        if self._run_id is None:  # a fresh fit, or a checkpoint from before run ids: one id on every rank
+            self._run_id = str(trainer.strategy.broadcast(uuid.uuid4().hex[:16], src=0))
         if self.restore_best_weights and self.store == "disk":
             # `trainer.log_dir` is a collective under DDP: every rank asks here, at the same point.
-            root = trainer.log_dir or trainer.default_root_dir
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.monitor)
-            self._write_path = str(Path(root) / f"best-weights-{name}-{self.mode}.safetensors")
+            self._write_dir = str(trainer.log_dir or trainer.default_root_dir)
+            if self._restored and trainer.local_rank == 0:
+                _remove_stale_temporaries(self._write_dir, self._run_id)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._restored = False
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -187,20 +229,25 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
             pl_module.load_state_dict(self._best_state)
         else:
             trainer.strategy.barrier("EarlyStopping.restore_best_weights")
-            if not self._disk_copy_matches():
-                rank_zero_warn(
-                    f"EarlyStopping: the best weights file {self._best_path!r} is missing or holds another "
-                    f"epoch than the best one ({self.best_epoch}); keeping the last weights."
-                )
-                return
-            assert self._best_path is not None
-            pl_module.load_state_dict(load_file(self._best_path))
+            pl_module.load_state_dict(self._load_verified(compare_hash=trainer.num_nodes == 1))
         rank_zero_info(
             f"EarlyStopping: restored the weights of epoch {self.best_epoch} "
             f"({self.monitor}={float(self.best_score):.6g})."
         )
 
     # --------------------------------------------------------------------------------------------- helpers --
+    def _reset(self) -> None:
+        """Forget an earlier fit: Lightning's counters and best score, the best epoch and weights, the run id."""
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.best_score = torch.tensor(torch.inf if self.monitor_op == torch.lt else -torch.inf)
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        self.best_epoch = self.best_step = None
+        self._best_state = None
+        self._best_path = self._best_sha256 = None
+        self._run_id = None
+
     def _after_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, improved: bool) -> None:
         if not self.restore_best_weights:
             return
@@ -222,27 +269,107 @@ class EarlyStopping(StateKeyOnce, _LightningEarlyStopping):
                 f"EarlyStopping(store='disk') saves tensors only, but the state dict has other values at "
                 f"{not_tensors}; use store='memory'."
             )
-        assert self._write_path is not None
+        assert self._write_dir is not None and self._run_id is not None
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.monitor)
+        path = str(Path(self._write_dir) / f"best-weights-{name}-{self.mode}-{self._run_id}.safetensors")
+        digest = ""
         if trainer.local_rank == 0:
             # Own contiguous CPU copies: safetensors refuses tensors that share memory (tied weights).
             tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-            _atomic_save(
-                tensors, self._write_path, {"epoch": str(self.best_epoch), "step": str(self.best_step)}
+            digest = content_sha256(tensors)
+            meta = {"epoch": str(self.best_epoch), "step": str(self.best_step), "run_id": self._run_id}
+            _atomic_save(tensors, path, {**meta, "sha256": digest}, self._run_id)
+        if trainer.world_size > 1:  # rank 0's hash in every rank's state
+            digest = str(trainer.strategy.broadcast(digest, src=0))
+        self._best_path, self._best_sha256 = path, digest
+
+    def _load_verified(self, *, compare_hash: bool) -> dict[str, torch.Tensor]:
+        """The weights in this run's best weights file, verified; RuntimeError naming the file and the mismatch."""
+        path = self._best_path
+        problem = _file_problem(path, self._run_id, self.best_epoch, self.best_step)
+        meta: dict[str, str] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        if problem is None:
+            assert path is not None
+            try:
+                meta, tensors = _read(path)
+            except Exception as err:  # safetensors' own error types: a truncated data section
+                problem = f"it cannot be read ({type(err).__name__}: {err})"
+        if problem is None:
+            digest = content_sha256(tensors)
+            if digest != meta.get("sha256") or (compare_hash and digest != self._best_sha256):
+                problem = (
+                    f"its content hash ({digest[:12]}...) does not match the one recorded when this run wrote it "
+                    f"({str(self._best_sha256)[:12]}...): the file was edited or corrupted"
+                )
+        if problem is not None:
+            raise RuntimeError(
+                f"EarlyStopping(store='disk') cannot restore the best weights (epoch {self.best_epoch}, step "
+                f"{self.best_step}) of run {self._run_id} from {path!r}: {problem}. The model keeps its last "
+                "weights. Never load weights that cannot be proven to be this run's: use store='memory' to keep "
+                "the best weights inside the checkpoint, or restore_best_weights=False."
             )
-        self._best_path = self._write_path
+        return tensors
 
-    def _disk_copy_matches(self) -> bool:
-        if self._best_path is None or not os.path.exists(self._best_path):
-            return False
-        with safe_open(self._best_path, framework="pt") as f:
+
+def content_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors: names, dtypes, shapes and bytes, in sorted name order.
+
+    Example:
+        >>> a = {"w": torch.ones(2), "n": torch.tensor(3)}
+        >>> content_sha256(a) == content_sha256(dict(reversed(a.items())))
+        True
+        >>> content_sha256(a) == content_sha256({"w": torch.ones(2), "n": torch.tensor(4)})
+        False
+    """
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        data: Any = tensor.reshape(-1).view(torch.uint8).numpy()  # a buffer: hashed without a copy
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _file_problem(path: str | None, run_id: str | None, epoch: int | None, step: int | None) -> str | None:
+    """What is wrong with the file's identity (missing, another run's, another epoch), or None."""
+    if path is None or not os.path.exists(path):
+        return "the file is missing"
+    try:
+        with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        return meta.get("epoch") == str(self.best_epoch) and meta.get("step") == str(self.best_step)
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        return f"it is not a readable safetensors file ({type(err).__name__}: {err})"
+    if meta.get("run_id") != run_id:
+        return f"it holds the weights of another run (run id {meta.get('run_id')!r})"
+    if (meta.get("epoch"), meta.get("step")) != (str(epoch), str(step)):
+        return (
+            f"it holds epoch {meta.get('epoch')}, step {meta.get('step')} of this run, written after the checkpoint "
+            "this fit resumed from"
+        )
+    return None
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+def _read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    return meta, load_file(path)
+
+
+def _remove_stale_temporaries(directory: str, run_id: str) -> None:
+    """Remove the temporary files a killed process of this run left behind (it never renamed them)."""
+    if not os.path.isdir(directory):
+        return
+    for entry in os.scandir(directory):
+        if entry.name.startswith(f".best-weights-{run_id}-") and entry.name.endswith(".tmp"):
+            os.remove(entry.path)
+            log.debug("EarlyStopping: removed the stale temporary file %s", entry.path)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str], run_id: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".best-weights-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".best-weights-{run_id}-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)

@@ -27,6 +27,12 @@ __all__ = ["LayerFreezer"]
 
 BNMode = Literal["eval", "train"]
 
+#: Set on a module: the local names of its parameters that a LayerFreezer froze (survives a new LayerFreezer, a new
+#: LightningModule around the network, ``copy.deepcopy`` and pickling, unlike an attribute on the parameter).
+_FROZEN_MARK = "_layer_freezer_frozen"
+#: Set on a normalization layer that a LayerFreezer put in eval mode.
+_EVAL_MARK = "_layer_freezer_eval"
+
 
 class LayerFreezer(StateKeyOnce):
     """Freeze modules before training and unfreeze them at chosen epochs.
@@ -66,11 +72,21 @@ class LayerFreezer(StateKeyOnce):
     ``max_lrs`` and momenta, ``OneCycleLR``'s per-group keys, the children of ``SequentialLR`` and
     ``ChainedScheduler``).
 
+    Each fit starts from the ``freeze`` patterns: the pattern defines the frozen set of the network it is given.
+    Parameters that an earlier LayerFreezer froze (a mark on their module records it, so it survives a new
+    LayerFreezer, a new LightningModule around the same network, ``copy.deepcopy`` and pickling) and that the
+    patterns no longer select are unfrozen at setup, and the normalization layers it put in eval mode follow the
+    model's mode again; the log names them. Parameters frozen by anything else (``requires_grad_(False)`` in user
+    code) are never taken over: they stay frozen, even at an ``unfreeze`` milestone that selects their module, and
+    a warning names them. Reusing the same LayerFreezer for a new fit starts its schedule again.
+
     Resume: the checkpoint stores which modules are frozen and which milestones were applied (by name); the
     model is frozen as at the start of the original run, then the milestones are replayed in ``on_fit_start``,
     before Lightning restores the optimizer and scheduler states, which find the param groups they were saved
-    with. Under DDP, whose reducer cannot register parameters unfrozen after the wrap, this callback averages
-    their gradients itself after backward (only on the micro-batches where DDP synchronizes).
+    with. A milestone that falls due while Lightning skips ``on_train_epoch_start`` (a resume from a checkpoint
+    written at the last batch of the epoch before it) is applied in ``on_train_start``, before the first batch.
+    Under DDP, whose reducer cannot register parameters unfrozen after the wrap, this callback averages their
+    gradients itself after backward (only on the micro-batches where DDP synchronizes).
 
     Supported strategies with an ``unfreeze`` schedule: single device and DDP (``"ddp"``, ``"ddp_spawn"``, ...).
     Modules created in ``LightningModule.configure_model`` do not exist yet in ``setup`` and cannot be selected.
@@ -127,6 +143,9 @@ class LayerFreezer(StateKeyOnce):
         self._frozen: set[str] = set()  # names of the modules currently frozen (descendants included)
         self._applied: list[dict[str, Any]] = []  # milestones applied so far, in order (see state_dict)
         self._frozen_norms: list[nn.Module] = []
+        self._foreign: set[int] = set()  # ids of parameters frozen before the fit by others: never touched
+        self._next_milestone: int | None = None  # the earliest milestone not applied yet
+        self._pending_state: dict[str, Any] | None = None  # loaded before `setup`: applied there
         self._unsynced = UnsyncedGradients()  # parameters we unfroze that DDP does not sync
         self._base_lr0: Any = None  # the first group's lr at fit start (a float or a tensor)
 
@@ -203,21 +222,28 @@ class LayerFreezer(StateKeyOnce):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         applied = [dict(rec) for rec in state_dict.get("unfrozen", [])]
         initial = set(state_dict.get("frozen", [])) | {m for rec in applied for m in rec.get("modules", [])}
-        self._applied = applied
-        if self._module is None:  # not set up yet: `setup` freezes, `on_fit_start` replays
-            self._frozen = initial
+        if self._module is None:  # not set up yet: `setup` applies it
+            self._pending_state = dict(state_dict)
             return
+        self._applied = applied
         # Lightning restores callbacks after `setup` and before the DDP wrap and `configure_optimizers`: freeze
         # exactly what was frozen at the start of the original run; `on_fit_start` replays the milestones.
         module = self._module
         owners = _owner_map(module)
-        for _, param in _owned_parameters(module, self._frozen | initial):
+        now_frozen: list[nn.Parameter] = []
+        now_trainable: list[nn.Parameter] = []
+        for _, param in self._own(module, self._frozen | initial):
             frozen = any(o in initial for o in owners[id(param)])
             param.requires_grad_(not frozen)
+            (now_frozen if frozen else now_trainable).append(param)
             if frozen:
                 param.grad = None
+        _mark_frozen(module, now_frozen, True)
+        _mark_frozen(module, now_trainable, False)
         self._frozen = initial & {n for n, _ in module.named_modules()}
+        self._release_norms(module)
         self._refresh_norms()
+        self._sync_next_milestone()
 
     # ----------------------------------------------------------------------------------------------- hooks --
     @override
@@ -225,6 +251,7 @@ class LayerFreezer(StateKeyOnce):
         if stage != "fit":
             return
         self._module = pl_module
+        self._applied = []  # a new fit starts the schedule again; a resume restores it in `load_state_dict`
         self._frozen = self._initial_frozen(pl_module)
         params = _owned_parameters(pl_module, self._frozen)
         if not params and not any(
@@ -234,6 +261,8 @@ class LayerFreezer(StateKeyOnce):
                 f"`freeze` selects modules without parameters or normalization buffers: "
                 f"{shorten(sorted(self._frozen), 12)}; select the layers that hold the weights."
             )
+        ours = _marked_frozen(pl_module)
+        self._foreign = {id(p) for p in pl_module.parameters() if not p.requires_grad} - ours
         self._validate_schedule(pl_module)
         strategy = trainer.strategy
         supported = isinstance(strategy, SingleDeviceStrategy | DDPStrategy)
@@ -243,13 +272,21 @@ class LayerFreezer(StateKeyOnce):
                 f"{type(strategy).__name__}: parameters unfrozen after the model is wrapped are not "
                 "trained correctly there. Freeze without `unfreeze`, or use strategy='ddp'."
             )
+        self._release_stale(pl_module, ours - {id(p) for _, p in params})
+        params = [(n, p) for n, p in params if id(p) not in self._foreign]
         for _, param in params:
             param.requires_grad_(False)
             param.grad = None
+        _mark_frozen(pl_module, [p for _, p in params], True)
         self._refresh_norms()
         rank_zero_info(
             f"LayerFreezer: froze {len(params)} parameter tensors in {shorten(self._top(self._frozen), 12)}"
         )
+        self._warn_foreign(pl_module)
+        self._sync_next_milestone()
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_state_dict(state)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -262,8 +299,7 @@ class LayerFreezer(StateKeyOnce):
                 for config in trainer.lr_scheduler_configs:
                     if config.scheduler.optimizer is trainer.optimizers[0]:
                         _check_scheduler(config.scheduler)
-        # Replay the milestones applied before (resume, or a second `fit` with this callback) so the optimizer has
-        # the param groups its saved state expects.
+        # Replay the milestones the checkpoint applied so the optimizer has the param groups its state expects.
         for rec in self._applied:
             self._unfreeze(pl_module, [m for m in rec["modules"] if m in self._frozen])
             if rec["group"]:
@@ -272,26 +308,36 @@ class LayerFreezer(StateKeyOnce):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After a resume from the last batch of an epoch, Lightning starts the next epoch without calling
+        # `on_train_epoch_start`: a milestone due then is applied here, before the first batch.
+        self._apply_due_milestones(trainer, pl_module)
         self._apply_norm_mode()
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = {rec["epoch"] for rec in self._applied}
-        for epoch in sorted(self._schedule):
-            if epoch <= trainer.current_epoch and epoch not in done:
-                self._apply_milestone(trainer, pl_module, epoch)
+        self._apply_due_milestones(trainer, pl_module)
         self._apply_norm_mode()
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # A restart path that skips the epoch-start hook must still not train a batch before a due milestone.
+        if self._next_milestone is not None and self._next_milestone <= trainer.current_epoch:
+            self._apply_due_milestones(trainer, pl_module)
         # Validation (or user code) may have called `.train()` on the model since the last batch.
         self._apply_norm_mode()
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._unsynced.after_backward(trainer.strategy.model)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # drop the references to the model; the state (names) stays for `state_dict`
+            self._module = None
+            self._frozen_norms = []
+            self._foreign = set()
 
     # --------------------------------------------------------------------------------------------- helpers --
     def _initial_frozen(self, pl_module: nn.Module) -> set[str]:
@@ -318,13 +364,21 @@ class LayerFreezer(StateKeyOnce):
         frozen = set(self._frozen)
         for epoch in sorted(self._schedule):
             selected = self._select_unfreeze(pl_module, epoch, frozen)
-            if not _owned_parameters(pl_module, selected):
+            if not self._own(pl_module, selected):
                 pats = self._schedule[epoch]
                 shown = "all" if pats is None else [p.pattern for p in pats]
                 still = shorten(self._top(frozen), 12) if frozen else "nothing"
+                foreign = [n for n, p in _owned_parameters(pl_module, selected) if id(p) in self._foreign]
+                why = (
+                    f" It selects only {shorten(foreign, 12)}, frozen before this fit by something other than a "
+                    "LayerFreezer, which LayerFreezer never unfreezes: call `requires_grad_(True)` on them "
+                    "before `fit` to train them."
+                    if foreign
+                    else ""
+                )
                 raise ValueError(
                     f"`unfreeze[{epoch}]`={shown} unfreezes no frozen parameter: it must select modules frozen "
-                    f"by `freeze` and not unfrozen by an earlier milestone. Frozen at epoch {epoch}: {still}."
+                    f"by `freeze` and not unfrozen by an earlier milestone. Frozen at epoch {epoch}: {still}.{why}"
                 )
             frozen -= selected
 
@@ -349,6 +403,7 @@ class LayerFreezer(StateKeyOnce):
                 "group_name": group_name if new else None,
             }
         )
+        self._sync_next_milestone()
         self._refresh_unsynced(pl_module)
         where = f" as param group {group_name!r}" if new else ""
         rank_zero_info(
@@ -364,15 +419,76 @@ class LayerFreezer(StateKeyOnce):
         self._frozen -= modules
         owners = _owner_map(pl_module)
         params = []
-        for name, param in _owned_parameters(pl_module, modules):
+        for name, param in self._own(pl_module, modules):
             if not any(o in self._frozen for o in owners[id(param)]):
                 param.requires_grad_(True)
                 params.append((name, param))
+        _mark_frozen(pl_module, [p for _, p in params], False)
         for name, module in pl_module.named_modules():
             if name in modules and isinstance(module, _NormBase):
                 module.train(pl_module.training)
+                module.__dict__.pop(_EVAL_MARK, None)
         self._refresh_norms()
         return params
+
+    def _own(self, root: nn.Module, modules: set[str]) -> list[tuple[str, nn.Parameter]]:
+        """The parameters owned by ``modules`` that LayerFreezer may freeze and unfreeze (not the foreign ones)."""
+        return [(n, p) for n, p in _owned_parameters(root, modules) if id(p) not in self._foreign]
+
+    def _release_stale(self, pl_module: nn.Module, stale: set[int]) -> None:
+        """Unfreeze what an earlier LayerFreezer froze and this one does not select; restore its norms' mode."""
+        params = [(n, p) for n, p in pl_module.named_parameters() if id(p) in stale]
+        for _, param in params:
+            param.requires_grad_(True)
+        _mark_frozen(pl_module, [p for _, p in params], False)
+        norms = self._release_norms(pl_module)
+        said = []
+        if params:
+            said.append(
+                f"unfroze {len(params)} parameter tensors that an earlier LayerFreezer froze and `freeze` does not "
+                f"select now: {shorten([n for n, _ in params], 12)}"
+            )
+        if norms:
+            mode = "train" if pl_module.training else "eval"
+            said.append(
+                f"put {len(norms)} normalization layers that it kept in eval mode back in the model's {mode} "
+                f"mode: {shorten(norms, 12)}"
+            )
+        if said:
+            rank_zero_info("LayerFreezer: " + "; ".join(said))
+
+    def _release_norms(self, pl_module: nn.Module) -> list[str]:
+        """Put the norms a LayerFreezer kept in eval mode and this one does not back in the model's mode."""
+        keep = self._frozen if self.bn == "eval" else set()
+        released = []
+        for name, module in pl_module.named_modules():
+            if module.__dict__.get(_EVAL_MARK) and name not in keep:
+                module.train(pl_module.training)
+                del module.__dict__[_EVAL_MARK]
+                released.append(name)
+        return released
+
+    def _warn_foreign(self, pl_module: nn.Module) -> None:
+        if not self._foreign:
+            return
+        names = [n for n, p in pl_module.named_parameters() if id(p) in self._foreign]
+        rank_zero_warn(
+            f"LayerFreezer: {len(names)} parameter tensors were frozen before this fit by something other than a "
+            f"LayerFreezer (e.g. `requires_grad_(False)`): {shorten(names, 12)}. They stay frozen: LayerFreezer "
+            "neither takes them over nor unfreezes them at a milestone. To train them, call "
+            "`requires_grad_(True)` on them before `fit`; to let LayerFreezer manage them, do that too and "
+            "select them with `freeze`."
+        )
+
+    def _sync_next_milestone(self) -> None:
+        done = {rec["epoch"] for rec in self._applied}
+        self._next_milestone = min((e for e in self._schedule if e not in done), default=None)
+
+    def _apply_due_milestones(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = {rec["epoch"] for rec in self._applied}
+        for epoch in sorted(self._schedule):
+            if epoch <= trainer.current_epoch and epoch not in done:
+                self._apply_milestone(trainer, pl_module, epoch)
 
     def _restore_group(self, trainer: pl.Trainer, pl_module: nn.Module, rec: dict[str, Any]) -> None:
         """Add back the param group a milestone applied before the checkpoint was saved."""
@@ -424,10 +540,40 @@ class LayerFreezer(StateKeyOnce):
             for module in self._frozen_norms:
                 if module.training:
                     module.train(False)
+                    module.__dict__[_EVAL_MARK] = True  # so that a later fit can put it back
 
     def _top(self, names: set[str]) -> list[str]:
         """The outermost names of a set closed under descendants (for messages)."""
         return sorted(n for n in names if not any(n.startswith(o + ".") for o in names))
+
+
+def _mark_frozen(root: nn.Module, params: Iterable[nn.Parameter], frozen: bool) -> None:
+    """Record (or erase) on their modules that a LayerFreezer froze ``params``: local names in ``_FROZEN_MARK``."""
+    ids = {id(p) for p in params}
+    if not ids:
+        return
+    for module in root.modules():
+        local = {n for n, p in module.named_parameters(recurse=False) if id(p) in ids}
+        if not local:
+            continue
+        names = set(module.__dict__.get(_FROZEN_MARK, ()))
+        names = names | local if frozen else names - local
+        if names:
+            module.__dict__[_FROZEN_MARK] = frozenset(names)
+        else:
+            module.__dict__.pop(_FROZEN_MARK, None)
+
+
+def _marked_frozen(root: nn.Module) -> set[int]:
+    """``id()`` of the parameters of ``root`` that a LayerFreezer froze and that are still frozen."""
+    ids = set()
+    for module in root.modules():
+        names = module.__dict__.get(_FROZEN_MARK)
+        if names:
+            ids |= {
+                id(p) for n, p in module.named_parameters(recurse=False) if n in names and not p.requires_grad
+            }
+    return ids
 
 
 def _check_schedule(unfreeze: Mapping[int, Patterns] | None) -> dict[int, list[re.Pattern[str]] | None]:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dnn.callbacks.early_stopping import EarlyStopping
+from lightning_dnn.callbacks.early_stopping import EarlyStopping, content_sha256
 from tests.trainer_utils import quiet_trainer
 
 
@@ -125,16 +125,40 @@ def test_without_restore_behaves_like_lightning(tmp_path: Path) -> None:
     assert isinstance(stopper, pl.callbacks.EarlyStopping)
 
 
-def test_disk_store_writes_an_atomic_safetensors_file(tmp_path: Path) -> None:
+def test_disk_store_writes_an_atomic_safetensors_file_tied_to_the_run(tmp_path: Path) -> None:
     stopper = EarlyStopping("score", patience=2, store="disk")
     _, states, _ = fit(tmp_path, MIN_SCRIPT, stopper)
-    path = tmp_path / "best-weights-score-min.safetensors"
+    state = stopper.state_dict()
+    run_id = state["run_id"]
+    path = tmp_path / f"best-weights-score-min-{run_id}.safetensors"
     assert [p.name for p in tmp_path.iterdir() if p.suffix in (".safetensors", ".tmp")] == [path.name]
     assert_state_equal(load_file(path), states.states[2])
     with safe_open(str(path), framework="pt") as f:
-        assert f.metadata() == {"epoch": "2", "step": str(3 * 4)}
-    state = stopper.state_dict()
+        meta = f.metadata()
+    sha256 = content_sha256(states.states[2])
+    assert meta == {"epoch": "2", "step": str(3 * 4), "run_id": run_id, "sha256": sha256}
     assert (state["best_epoch"], state["best_weights_path"], state["store"]) == (2, str(path), "disk")
+    assert state["best_weights_sha256"] == sha256
+
+
+def test_disk_store_refuses_a_missing_or_corrupted_file_at_the_end(tmp_path: Path) -> None:
+    class Corrupt(Callback):
+        """Flips one byte of the best weights file (same size) just before the restore."""
+
+        def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            path = Path(stopper.state_dict()["best_weights_path"])
+            data = bytearray(path.read_bytes())
+            data[-1] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+    stopper = EarlyStopping("score", patience=2, store="disk")
+    model, states = Scripted(MIN_SCRIPT), EpochStates()
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=len(MIN_SCRIPT), num_sanity_val_steps=0, callbacks=[states, Corrupt(), stopper]
+    )
+    with pytest.raises(RuntimeError, match=r"cannot restore the best weights \(epoch 2.*content hash"):
+        trainer.fit(model, loader(), loader(8))
+    assert_state_equal(model.state_dict(), states.states[4])  # the last weights, not a corrupted best
 
 
 def test_memory_store_keeps_the_weights_in_the_checkpoint_state(tmp_path: Path) -> None:
