@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "regularization": 2,
     "data": 2,
     "_specs": 2,
+    "_classifier": 2,
     "module": 3,
     "callbacks": 3,
     "profiler": 3,
