@@ -370,9 +370,11 @@ class DNNClassifier(pl.LightningModule):
                 f"labels {self.num_classes}..{classes - 1} would be out of range. Build the network with "
                 f"{classes} outputs, or select {self.num_classes} classes with the data module's `classes=`."
             )
-        rank_zero_warn(
-            f"{name} has {classes} classes but the network outputs num_classes={self.num_classes} logits: "
-            f"outputs {classes}..{self.num_classes - 1} are never a target (the model may still predict them)."
+        raise ValueError(
+            f"{name} has {classes} classes but the network outputs num_classes={self.num_classes} logits: outputs "
+            f"{classes}..{self.num_classes - 1} would never be a target, yet take probability mass and predictions "
+            f"(e.g. a torchvision model built without `num_classes` has 1000 outputs). Build the network with "
+            f"{classes} outputs (`num_classes={classes}` for torchvision models, `out_features={classes}` for MLP)."
         )
 
     def _check_finite(self, nonfinite_tensors: Tensor, loss: Tensor) -> None:

@@ -132,3 +132,11 @@ def test_without_a_model_class_the_model_is_dnnclassifier(tmp_path):
     assert type(cli.model) is DNNClassifier and cli.model.hparams.lr == 0.05
     assert with_default_model(["fit", "--config", str(tmp_path / "absent.yaml")])[1] == "--model=lightning_dnn.DNNClassifier"
     assert with_default_model(["fit", "--model=x.Y"]) == ["fit", "--model=x.Y"]
+
+
+def test_a_network_wider_than_the_data_stops_the_cli_with_a_clear_error(tmp_path):
+    """`--model.net torchvision.models.resnet18` without num_classes used to train 1000 outputs on 10 classes."""
+    args = ["--model.net", "torch.nn.Linear", "--model.net.in_features", "64", "--model.net.out_features", "1000"]
+    cli = DNNCLI(args=[*args, *_fit_args(tmp_path)], run=False)
+    with pytest.raises(ValueError, match=r"DigitsDataModule has 10 classes but the network outputs num_classes=1000"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -83,6 +83,13 @@ def test_data_module_with_more_classes_than_the_network_is_refused_at_fit_start(
         _fit(tmp_path, DNNClassifier(MLP(8, (16,), 3)), ArrayDataModule(x, y, batch_size=20))
 
 
+def test_network_wider_than_the_data_is_refused_at_fit_start(tmp_path: Path) -> None:
+    """The issue's case: torchvision's resnet18() without num_classes has 1000 outputs for 10 classes."""
+    x, y = _blobs(classes=3)
+    with pytest.raises(ValueError, match=r"ArrayDataModule has 3 classes.*num_classes=10.*never be a target"):
+        _fit(tmp_path, DNNClassifier(MLP(8, (16,), 10)), ArrayDataModule(x, y, batch_size=20))
+
+
 def test_mismatch_in_the_validation_sanity_check_is_named_too(tmp_path: Path) -> None:
     x, y = _blobs(features=64)
     data = ArrayDataModule(x, y, batch_size=20, val_split=0.2)
