@@ -16,7 +16,12 @@ Cold (a fresh cache dir every repeat, downloads from a local olah server on 127.
   config.json + model.safetensors (same endpoint, fresh cache), and vs. that download + hand-built network +
   `load_state_dict` (the whole job done by hand).
 
+Faults (``--faults``; real waits, nothing shortened): seconds from ``load_pretrained("hf://org/mlp", ...)`` to its
+error with the endpoint down (a closed port on 127.0.0.1), answering HTTP 500, and (``--stall``, minutes) accepting
+connections and never answering.
+
     python -m bench.hub_load [--threads 1] [--repeats 50] [--cold-repeats 20]
+    python -m bench.hub_load --faults [--stall]
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from bench.olah_server import OlahServer
+from bench.olah_server import OlahServer, StallServer, StatusServer, closed_port_url
 from lightning_dnn.hub import get_architecture, load_pretrained, resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,6 +291,37 @@ def cold_rows(results: dict[str, dict[str, list[float]]], entries: list[Entry]) 
     return rows
 
 
+def time_to_error(endpoint: str, cache: Path) -> tuple[float, str]:
+    """Seconds until ``load_pretrained`` of a repo at ``endpoint`` raises, and the error's first line."""
+    started = time.perf_counter()
+    try:
+        load_pretrained("hf://org/mlp", endpoint=endpoint, cache_dir=cache, token=False)
+    except Exception as err:
+        return time.perf_counter() - started, f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    return time.perf_counter() - started, "(no error)"
+
+
+def fault_rows(stall: bool) -> list[str]:
+    """Time to the error for each fault, with real waits (huggingface_hub's retries included)."""
+    from huggingface_hub import constants
+
+    rows = ["| fault | seconds to the error | requests seen by the server | error |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="bench_hub_faults_") as tmp:
+        seconds, error = time_to_error(closed_port_url(), Path(tmp) / "down")
+        rows.append(f"| down (port closed) | {seconds:.1f} | - | {error[:160]} |")
+        with StatusServer(500) as server:
+            seconds, error = time_to_error(server.url, Path(tmp) / "500")
+            rows.append(f"| HTTP 500 | {seconds:.1f} | {len(server.requests)} | {error[:160]} |")
+        if stall:
+            with StallServer() as stalled:
+                seconds, error = time_to_error(stalled.url, Path(tmp) / "stall")
+                rows.append(
+                    f"| stalled (HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT}) | {seconds:.1f} | "
+                    f"{len(stalled.connections)} connections | {error[:160]} |"
+                )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned)")
@@ -293,7 +329,13 @@ def main() -> None:
     parser.add_argument(
         "--cold-repeats", type=int, default=20, help="timed fresh-cache downloads per variant"
     )
+    parser.add_argument("--faults", action="store_true", help="time to the error for a Hub that is down or fails")
+    parser.add_argument("--stall", action="store_true", help="with --faults: also a server that never answers")
     args = parser.parse_args()
+    if args.faults:
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        print("\n".join(fault_rows(args.stall)))
+        return
     if args.threads < 1 or args.repeats < 1 or args.cold_repeats < 1:
         parser.error("--threads, --repeats and --cold-repeats must be >= 1")
     torch.set_num_threads(args.threads)

@@ -16,6 +16,10 @@ Files are committed the way the Hub stores them: weights (``LFS_SUFFIXES``) as g
 object under ``.git/lfs/objects/<aa>/<bb>/<sha256>``, so olah serves them like the Hub serves LFS files (etag =
 sha256). That also avoids an olah 0.5.4 bug: a plain binary blob of 121-149 bytes makes it answer HTTP 500.
 Repos may be added or changed while the server runs; a new commit is seen by the next download.
+
+Stand-ins for a Hub that misbehaves, for fault tests and the fault benchmark: :func:`closed_port_url` (nothing
+listens), :class:`StallServer` (accepts and never answers) and :class:`StatusServer` (answers every request with
+one HTTP status).
 """
 
 from __future__ import annotations
@@ -26,14 +30,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["LFS_SUFFIXES", "BuiltRepo", "OlahServer", "build_repo", "find_olah_cli", "lfs_pointer"]
+__all__ = [
+    "LFS_SUFFIXES",
+    "BuiltRepo",
+    "OlahServer",
+    "StallServer",
+    "StatusServer",
+    "build_repo",
+    "closed_port_url",
+    "find_olah_cli",
+    "lfs_pointer",
+]
 
 LFS_SUFFIXES = (
     ".safetensors",
@@ -315,3 +331,77 @@ class OlahServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def closed_port_url() -> str:
+    """The URL of a loopback port that nothing listens on (connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return f"http://127.0.0.1:{port}"
+
+
+class StallServer:
+    """Accepts TCP connections and never answers (a hung server); counts the connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections.append(conn)
+
+    def __enter__(self) -> StallServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.connections:
+            conn.close()
+        self.sock.close()
+
+
+class StatusServer:
+    """Answers every request with ``status`` and an empty body; records ``(method, path)`` of each request."""
+
+    def __init__(self, status: int) -> None:
+        self.requests: list[tuple[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                server.requests.append((self.command, self.path))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StatusServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()

@@ -24,6 +24,7 @@ from lightning_dnn.hub.errors import (
     HubDownloadError,
     StrictLoadError,
     UnsafeWeightsError,
+    WeightsFileError,
 )
 from lightning_dnn.hub.foreign import load_foreign_arrays, read_foreign_arrays
 from lightning_dnn.hub.load import load_pretrained, resolve_source
@@ -39,6 +40,7 @@ __all__ = [
     "LoadReport",
     "StrictLoadError",
     "UnsafeWeightsError",
+    "WeightsFileError",
     "ZooEntry",
     "architecture_of",
     "available_architectures",

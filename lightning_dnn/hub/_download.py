@@ -6,6 +6,10 @@ writes the branch/tag -> commit ref into the cache); the other files are fetched
 one load never mixes files of two commits. huggingface_hub downloads into a process-unique ``*.incomplete`` file
 and renames it into the cache only when complete (a failed transfer deletes it), so a later load never finds a
 partial file.
+
+A failure is reported once, with its cause in words (refused, timed out, an HTTP status, offline): the repo's
+file list is asked for (to recognise a pickle-only repo) only when the server answered that a file is missing,
+never after huggingface_hub has already spent its retries on a server that is down, stalls or fails.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    FileMetadataError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -160,13 +166,30 @@ def _download(
     except Exception as err:
         if not isinstance(err, _download_errors()):
             raise
-        if filename in (CONFIG_NAME, WEIGHTS_NAME):
+        if filename in (CONFIG_NAME, WEIGHTS_NAME) and _server_said_missing(err):
             _refuse_pickle_only_repo(
                 repo_id, revision, endpoint=endpoint, token=token, offline=local_files_only
             )
         raise _download_error(
-            err, repo_id, filename, revision, endpoint=endpoint, cache_dir=cache_dir
+            err,
+            repo_id,
+            filename,
+            revision,
+            endpoint=endpoint,
+            cache_dir=cache_dir,
+            offline=local_files_only,
         ) from err
+
+
+def _server_said_missing(err: BaseException) -> bool:
+    """Whether the server answered that the repo or file is not there (the only case where listing it helps).
+
+    A server that is down, stalls or fails (5xx) has already cost huggingface_hub's retries; asking it again
+    for the file list would double that and then hide the real cause.
+    """
+    return isinstance(err, RemoteEntryNotFoundError | RepositoryNotFoundError) and not isinstance(
+        err, RevisionNotFoundError
+    )
 
 
 def _refuse_pickle_only_repo(
@@ -197,22 +220,9 @@ def _download_error(
     *,
     endpoint: str | None,
     cache_dir: str | None,
+    offline: bool = False,
 ) -> HubDownloadError:
-    if isinstance(err, RevisionNotFoundError):
-        reason = "the revision does not exist in the repo"
-    elif isinstance(err, RepositoryNotFoundError):
-        reason = (
-            "the repo, revision or file was not found, or access was denied (a private or gated repo needs "
-            "token=... or `hf auth login`)"
-        )
-    elif isinstance(err, LocalEntryNotFoundError) or isinstance(err, OfflineModeIsEnabled):
-        reason = (
-            "the file is not in the local cache and the Hub was not contacted (offline mode) or unreachable"
-        )
-    elif isinstance(err, EntryNotFoundError):
-        reason = "the file does not exist in the repo at that revision"
-    else:
-        reason = "the Hub could not be reached or the transfer failed"
+    reason = _reason(err, offline=offline or constants.HF_HUB_OFFLINE)
     try:
         cached_path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     except Exception:  # a malformed cache must not hide the download error
@@ -223,11 +233,11 @@ def _download_error(
         cache_note = f"A cached copy exists ({cached_path}); pass local_files_only=True or set HF_HUB_OFFLINE=1 to use it."
     else:
         cache_note = f"No cached copy exists in {cache} (load once while online to use it offline)."
-    offline = " HF_HUB_OFFLINE is set." if constants.HF_HUB_OFFLINE else ""
+    offline_note = " HF_HUB_OFFLINE is set." if constants.HF_HUB_OFFLINE else ""
     message = (
         f"Could not fetch {filename!r} from Hub repo {repo_id!r} at revision {revision or 'main'!r} "
-        f"(endpoint {_endpoint(endpoint)}): {reason}.{offline} {cache_note}\n"
-        f"Cause: {type(err).__name__}: {_first_line(err)}"
+        f"(endpoint {_endpoint(endpoint)}): {reason}.{offline_note} {cache_note}\n"
+        f"Cause: {type(err).__name__}: {first_line(err)}{_underlying(err)}"
     )
     return HubDownloadError(
         message,
@@ -237,6 +247,88 @@ def _download_error(
         endpoint=_endpoint(endpoint),
         cached=cached,
     )
+
+
+def _reason(err: BaseException, *, offline: bool) -> str:
+    """What went wrong, in words, from huggingface_hub's error and the error it was raised from."""
+    if isinstance(err, RevisionNotFoundError):
+        return "the revision does not exist in the repo"
+    if isinstance(err, RepositoryNotFoundError):
+        return (
+            "the repo, revision or file was not found, or access was denied (a private or gated repo needs "
+            "token=... or `hf auth login`)"
+        )
+    if isinstance(err, RemoteEntryNotFoundError):
+        return "the file does not exist in the repo at that revision"
+    if offline:
+        return "the file is not in the local cache, and offline mode (local_files_only=True or HF_HUB_OFFLINE=1) forbids contacting the Hub"
+    for cause in _causes(err):
+        reason = _transport_reason(cause)
+        if reason is not None:
+            return reason
+    if isinstance(err, LocalEntryNotFoundError | EntryNotFoundError):
+        return "the file is not in the local cache and the Hub could not be reached"
+    return "the Hub could not be reached or the transfer failed"
+
+
+def _transport_reason(cause: BaseException) -> str | None:
+    """Why the endpoint gave no file, when ``cause`` says it (offline, timeout, refused, an HTTP status)."""
+    if isinstance(cause, OfflineModeIsEnabled):
+        return "the file is not in the local cache, and offline mode forbids contacting the Hub"
+    if _is_timeout(cause):
+        return (
+            "the endpoint did not answer in time, after huggingface_hub's retries (HF_HUB_ETAG_TIMEOUT="
+            f"{constants.HF_HUB_ETAG_TIMEOUT} s for file metadata, HF_HUB_DOWNLOAD_TIMEOUT="
+            f"{constants.HF_HUB_DOWNLOAD_TIMEOUT} s for downloads; raise them for a slow network)"
+        )
+    if _is_connect_error(cause):
+        return (
+            "could not connect to the endpoint (connection refused or no route), after huggingface_hub's "
+            "retries; check the network and the endpoint (HF_ENDPOINT or endpoint=...)"
+        )
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(cause, HfHubHTTPError) and isinstance(status, int):
+        if status >= 500 or status in (408, 429):  # the statuses huggingface_hub retries
+            return f"the server answered HTTP {status}, also to huggingface_hub's retries; try again later"
+        return f"the server answered HTTP {status}"
+    if isinstance(cause, FileMetadataError):
+        return "the endpoint's answer lacks the Hub's headers (is the endpoint a Hub-compatible server?)"
+    return None
+
+
+def _underlying(err: BaseException) -> str:
+    """`` (from <error>)`` for the transport error ``err`` was raised from, if any."""
+    for cause in _causes(err)[1:]:
+        if _transport_reason(cause) is not None:
+            return f" (from {type(cause).__name__}: {first_line(cause)})"
+    return ""
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was raised from (its ``__cause__`` chain, at most a few links)."""
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__cause__)
+    return chain
+
+
+def _is_timeout(err: BaseException) -> bool:
+    return isinstance(err, (TimeoutError, *_client_errors("TimeoutException", "Timeout")))
+
+
+def _is_connect_error(err: BaseException) -> bool:
+    return isinstance(err, (ConnectionError, *_client_errors("ConnectError", "ConnectionError")))
+
+
+def _client_errors(httpx_name: str, requests_name: str) -> tuple[type[BaseException], ...]:
+    """One exception class of each HTTP client huggingface_hub may use (httpx2, httpx, requests) that is installed."""
+    found: list[type[BaseException]] = []
+    for module, attr in (("httpx2", httpx_name), ("httpx", httpx_name), ("requests", requests_name)):
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _download_errors() -> tuple[type[BaseException], ...]:
@@ -272,6 +364,7 @@ def _endpoint(endpoint: str | None) -> str:
     return endpoint or constants.ENDPOINT
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (or ``"(no message)"``)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else "(no message)"

@@ -20,6 +20,8 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 LIBRARY_NAME = "lightning-dnn"
+#: The largest config.json accepted: a config holds constructor arguments and a little metadata.
+MAX_CONFIG_BYTES = 1 << 20
 # Files that hold pickled weights: loading them can run arbitrary code, so we refuse them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -106,32 +108,48 @@ def write_folder_atomically(directory: Path, writers: Mapping[str, Callable[[Pat
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Read and check a lightning-dnn ``config.json``."""
+    """Read and check a lightning-dnn ``config.json`` (at most :data:`MAX_CONFIG_BYTES`, UTF-8 JSON, its keys).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: for a file that is too big, not UTF-8, not JSON, nested too deeply, or lacks what a
+            lightning-dnn config holds; the message names the file.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)
+        size = os.path.getsize(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{str(path)!r} not found: a lightning-dnn folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME} "
             "(written by lightning_dnn.hub.save_pretrained)"
         ) from None
-    except json.JSONDecodeError as err:
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"{str(path)!r} is {size} bytes; a lightning-dnn {CONFIG_NAME} holds a few KB (the limit is "
+            f"{MAX_CONFIG_BYTES} bytes). Is it the right file?"
+        )
+    try:
+        document = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text, so not a JSON config: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{str(path)!r} is nested too deeply to be a lightning-dnn config") from None
+    except ValueError as err:  # json.JSONDecodeError, and integers too long to convert
         raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(document, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(document).__name__}")
     library = document.get("library")
     if library != LIBRARY_NAME:
         raise ValueError(
-            f"{str(path)!r} is not a lightning-dnn config (its 'library' is {library!r}, expected {LIBRARY_NAME!r})"
+            f"{str(path)!r} is not a lightning-dnn config (its 'library' is {library!r:.100}, expected {LIBRARY_NAME!r})"
         )
     for key, kind in (("architecture", str), ("config", dict)):
         if not isinstance(document.get(key), kind):
             raise ValueError(
-                f"{str(path)!r} must have {key!r} as a JSON {kind.__name__}, got {document.get(key)!r}"
+                f"{str(path)!r} must have {key!r} as a JSON {kind.__name__}, got {document.get(key)!r:.200}"
             )
     metadata = document.get("metadata", {})
     if not isinstance(metadata, dict):
-        raise ValueError(f"{str(path)!r} must have 'metadata' as a JSON object, got {metadata!r}")
+        raise ValueError(f"{str(path)!r} must have 'metadata' as a JSON object, got {metadata!r:.200}")
     return document
 
 

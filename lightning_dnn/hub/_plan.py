@@ -43,6 +43,9 @@ class LoadReport:
         missing: selected target names the file does not provide.
         unexpected: selected file names the target does not have.
         mismatched: ``(name, file_shape, target_shape)`` for selected names whose shapes differ.
+        dtype_mismatched: ``(name, file_dtype, target_dtype)`` for selected names of equal shape whose kinds of
+            dtype differ (integer or bool into floating point, floating point into an integer buffer, ...):
+            copying would cast silently. Float16/32/64 and bfloat16 among themselves are the same kind.
 
     Example:
         >>> report = LoadReport(loaded=["a.weight"], mismatched=[("b.weight", (3, 2), (4, 2))])
@@ -59,11 +62,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
+    dtype_mismatched: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True when nothing is missing, unexpected or mismatched (what ``strict=True`` requires)."""
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.dtype_mismatched)
 
     def problems(self) -> str:
         """One line per kind of problem, each with the full list of names (empty string when :attr:`ok`).
@@ -80,6 +84,9 @@ class LoadReport:
         if self.mismatched:
             shown = ", ".join(_mismatch_text(m) for m in self.mismatched)
             lines.append(f"shape mismatch ({len(self.mismatched)}): {shown}")
+        if self.dtype_mismatched:
+            shown = ", ".join(_dtype_text(m) for m in self.dtype_mismatched)
+            lines.append(f"dtype mismatch ({len(self.dtype_mismatched)}): {shown}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -98,12 +105,35 @@ class LoadReport:
                 lines.append(f"  {label}: {', '.join(names)}")
         if self.mismatched:
             lines.append(f"  mismatched: {', '.join(_mismatch_text(m) for m in self.mismatched)}")
+        if self.dtype_mismatched:
+            lines[0] += f", {len(self.dtype_mismatched)} dtype-mismatched"
+            lines.append(f"  dtype-mismatched: {', '.join(_dtype_text(m) for m in self.dtype_mismatched)}")
         return "\n".join(lines)
 
 
 def _mismatch_text(item: tuple[str, Shape, Shape]) -> str:
     name, file_shape, target_shape = item
     return f"{name} (file {file_shape} vs target {target_shape})"
+
+
+def _dtype_text(item: tuple[str, str, str]) -> str:
+    name, file_dtype, target_dtype = item
+    return f"{name} (file {file_dtype} vs target {target_dtype})"
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """``"bool"``, ``"integer"``, ``"floating"`` or ``"complex"``: a copy across kinds changes what values mean."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating"
+    return "integer"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def plan_partial_load(
@@ -142,6 +172,10 @@ def plan_partial_load(
             report.unexpected.append(name)
         elif tuple(tensor.shape) != tuple(target_tensors[name].shape):
             report.mismatched.append((name, tuple(tensor.shape), tuple(target_tensors[name].shape)))
+        elif _dtype_kind(tensor.dtype) != _dtype_kind(target_tensors[name].dtype):
+            report.dtype_mismatched.append(
+                (name, _dtype_name(tensor.dtype), _dtype_name(target_tensors[name].dtype))
+            )
         else:
             report.loaded.append(name)
             pairs.append((target_tensors[name], tensor))
@@ -170,8 +204,8 @@ def enforce_strictness(report: LoadReport, *, strict: bool, source: str, target:
     if strict:
         raise StrictLoadError(
             f"Strict load failed when {what}; nothing was copied.\n{report.problems()}\n"
-            "Narrow the selection with include=/exclude=, map names with rename=, or pass strict=False to load "
-            "what fits.",
+            "Narrow the selection with include=/exclude=, map names with rename=, convert a tensor whose dtype "
+            "is of another kind yourself if that is really meant, or pass strict=False to load what fits.",
             report,
         )
     rank_zero_warn(

@@ -3,11 +3,15 @@
 * :class:`StrictLoadError` (a ``RuntimeError``, like torch's strict ``load_state_dict``): a strict load found
   missing, unexpected or shape-mismatched tensors; nothing was copied; ``.report`` has the full lists.
 * :class:`UnsafeWeightsError` (a ``ValueError``): a folder or repo offers weights only as pickle files
-  (``pytorch_model.bin``, ``*.pt``, ``*.pkl``, ``*.ckpt``), which we never unpickle.
+  (``pytorch_model.bin``, ``*.pt``, ``*.pkl``, ``*.ckpt``), or its ``model.safetensors`` is really a pickle or a
+  ``torch.save`` archive; we never unpickle.
+* :class:`WeightsFileError` (a ``ValueError``): ``model.safetensors`` is empty, truncated or not a safetensors
+  file; the message names the file and what is wrong.
 * :class:`HubDownloadError` (an ``OSError``): a file could not be fetched from the Hub; the message names the repo,
   file, revision and endpoint and says whether a cached copy exists.
-* :class:`ChecksumMismatchError` (a :class:`HubDownloadError`): a downloaded file does not have the sha256 the zoo
-  index pins; the bad file was removed from the cache.
+* :class:`ChecksumMismatchError` (a :class:`HubDownloadError`): a file does not have the sha256 the zoo index pins:
+  a downloaded file (removed from the cache), or a file of a local zoo folder when the Hub cannot serve the pinned
+  one instead (left as it is).
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_dnn.hub._plan import LoadReport
 
-__all__ = ["ChecksumMismatchError", "HubDownloadError", "StrictLoadError", "UnsafeWeightsError"]
+__all__ = [
+    "ChecksumMismatchError",
+    "HubDownloadError",
+    "StrictLoadError",
+    "UnsafeWeightsError",
+    "WeightsFileError",
+]
 
 
 class StrictLoadError(RuntimeError):
@@ -59,6 +69,24 @@ class UnsafeWeightsError(ValueError):
         """Keep ``message`` and the refused ``files``."""
         super().__init__(message)
         self.files = list(files or [])
+
+
+class WeightsFileError(ValueError):
+    """``model.safetensors`` cannot be read: empty, truncated, or not a safetensors file.
+
+    Args:
+        message: the explanation, naming the file, what was expected and what was found.
+        path: the file.
+
+    Example:
+        >>> WeightsFileError("truncated", "/models/m/model.safetensors").path
+        '/models/m/model.safetensors'
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        """Keep ``message`` and the file's ``path``."""
+        super().__init__(message)
+        self.path = path
 
 
 class HubDownloadError(OSError):
@@ -109,10 +137,26 @@ class HubDownloadError(OSError):
 
 
 class ChecksumMismatchError(HubDownloadError):
-    """A downloaded file's sha256 differs from the one pinned by the zoo index; the file was deleted.
+    """A file's sha256 differs from the one pinned by the zoo index.
+
+    A downloaded file is deleted from the cache; a file of a local zoo folder is reported and left as it is.
+
+    Args:
+        message: the full explanation.
+        expected: the sha256 the zoo index pins (``None`` when unknown).
+        actual: the sha256 the file has (``None`` when unknown).
+        **fields: the :class:`HubDownloadError` fields (``repo_id``, ``filename``, ...).
 
     Example:
         >>> err = ChecksumMismatchError("sha256 mismatch", repo_id="org/m", filename="model.safetensors")
-        >>> isinstance(err, HubDownloadError)
-        True
+        >>> isinstance(err, HubDownloadError), err.expected
+        (True, None)
     """
+
+    def __init__(
+        self, message: str, *, expected: str | None = None, actual: str | None = None, **fields: Any
+    ) -> None:
+        """Keep ``message``, the two hashes and the download fields."""
+        super().__init__(message, **fields)
+        self.expected = expected
+        self.actual = actual

@@ -10,7 +10,11 @@
   a local clone's zoo folder with matching hashes is used without any network access.
 
 Only ``model.safetensors`` is ever read: a folder or repo that has only pickle files (``pytorch_model.bin``,
-``*.pt``, ``*.pkl``, ``*.ckpt``) is refused with :class:`~lightning_dnn.hub.UnsafeWeightsError`.
+``*.pt``, ``*.pkl``, ``*.ckpt``), or a pickle saved under that name, is refused with
+:class:`~lightning_dnn.hub.UnsafeWeightsError`. Its header is checked before any tensor is read
+(:class:`~lightning_dnn.hub.WeightsFileError` names the file and what is wrong), and the network ``config.json``
+describes is first built on the meta device and compared with the file: a config that asks for far more
+elements than the file holds is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_dnn._selection import Patterns
-from lightning_dnn.hub._download import fetch_repo_folder, verify_sha256
+from lightning_dnn.hub._build import architecture_of_config, build_and_load, check_config_size, meta_skeleton
+from lightning_dnn.hub._download import fetch_repo_folder, first_line, verify_sha256
 from lightning_dnn.hub._io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -38,14 +41,13 @@ from lightning_dnn.hub._io import (
 from lightning_dnn.hub._names import REPO_ID
 from lightning_dnn.hub._plan import (
     LoadReport,
-    apply_rename,
     check_options,
     copy_pairs,
     enforce_strictness,
     plan_partial_load,
 )
-from lightning_dnn.hub.architectures import get_architecture
-from lightning_dnn.hub.errors import UnsafeWeightsError
+from lightning_dnn.hub._safetensors import load_weights, read_header
+from lightning_dnn.hub.errors import ChecksumMismatchError, HubDownloadError, UnsafeWeightsError
 from lightning_dnn.hub.zoo import resolve_zoo
 
 __all__ = ["load_pretrained", "resolve_source"]
@@ -101,11 +103,16 @@ def load_pretrained(
 
     Raises:
         StrictLoadError: with ``strict=True``, for missing, unexpected or mismatched names.
-        UnsafeWeightsError: if the weights exist only as pickle files.
-        HubDownloadError: if a Hub file cannot be fetched (names the repo, file, revision, endpoint and whether
-            a cached copy exists); :class:`~lightning_dnn.hub.ChecksumMismatchError` for a zoo hash mismatch.
+        StrictLoadError: also for a tensor whose dtype kind differs from the target's (integer or bool weights
+            into float parameters); ``strict=False`` warns and leaves it out.
+        UnsafeWeightsError: if the weights exist only as pickle files, or model.safetensors is a pickle.
+        WeightsFileError: if model.safetensors is empty, truncated or not a safetensors file.
+        HubDownloadError: if a Hub file cannot be fetched (names the repo, file, revision, endpoint, the cause
+            and whether a cached copy exists); :class:`~lightning_dnn.hub.ChecksumMismatchError` for a zoo hash
+            mismatch (downloaded, or in a local zoo folder the Hub cannot replace).
         FileNotFoundError: for a local folder that does not exist or lacks a file.
-        TypeError, ValueError: for invalid arguments.
+        TypeError, ValueError: for invalid arguments; ValueError for a config.json that is not valid, does not
+            build its architecture, or describes far more elements than model.safetensors holds.
 
     Example:
         >>> import tempfile
@@ -136,14 +143,23 @@ def load_pretrained(
         cache_dir=cache_dir,
         local_files_only=local_files_only,
     )
-    document = read_config(folder / CONFIG_NAME)
-    tensors = load_file(str(folder / WEIGHTS_NAME), device=str(device))
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    document = read_config(config_path)
+    header = read_header(weights_path, described)
     if into is not None:
+        tensors = load_weights(weights_path, device, described)
         report, pairs = plan_partial_load(into, tensors, include=include, exclude=exclude, rename=rename)
         enforce_strictness(report, strict=strict, source=described, target=into)
         copy_pairs(pairs)
         return into, report
-    net, report = _build_and_load(document, tensors, device, include, exclude, rename, strict, described)
+    spec = architecture_of_config(document, config_path)
+    skeleton = meta_skeleton(spec, document, config_path)
+    if skeleton is not None:
+        check_config_size(skeleton, header, spec, config_path, weights_path)
+    tensors = load_weights(weights_path, device, described)
+    net, report = build_and_load(
+        spec, document, skeleton, tensors, device, include, exclude, rename, strict, described
+    )
     return net.eval(), report
 
 
@@ -249,21 +265,74 @@ def _resolve_zoo_source(
             f"`revision`={revision!r} cannot override zoo entry {name!r}, which is pinned to {pinned}; "
             f"load 'hf://{repo_id}@{revision}' to get another revision (without the zoo's hash check)"
         )
+    stale = _stale_files(local, hashes) if local is not None else {}
+    if local is not None and not stale:
+        return local, f"zoo:{name} (local folder {str(local)!r})"
     if local is not None:
-        stale = [f for f, sha in hashes.items() if not (local / f).is_file() or verify_sha256(local / f, sha)]
-        if not stale:
-            return local, f"zoo:{name} (local folder {str(local)!r})"
-        log.info("zoo:%s: local folder %s differs from the index for %s; using the Hub", name, local, stale)
-    folder = fetch_repo_folder(
-        repo_id,
-        pinned,
-        endpoint=endpoint,
-        token=token,
-        cache_dir=cache_dir,
-        local_files_only=local_files_only,
-        sha256=hashes,
-    )
+        log.warning(
+            "zoo:%s: the local folder %s differs from the zoo index (%s); loading the pinned files from the Hub",
+            name,
+            local,
+            ", ".join(stale),
+        )
+    try:
+        folder = fetch_repo_folder(
+            repo_id,
+            pinned,
+            endpoint=endpoint,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            sha256=hashes,
+        )
+    except HubDownloadError as err:
+        if local is None or not stale:
+            raise
+        raise _local_mismatch_error(name, local, stale, hashes, f"hf://{repo_id}@{pinned}", err) from err
     return folder, f"zoo:{name} (hf://{repo_id}@{pinned})"
+
+
+def _stale_files(local: Path, hashes: Mapping[str, str]) -> dict[str, str | None]:
+    """The files of a local zoo folder that differ from the index: name -> actual sha256 (``None``: missing)."""
+    stale: dict[str, str | None] = {}
+    for filename, expected in hashes.items():
+        path = local / filename
+        if not path.is_file():
+            stale[filename] = None
+        elif (actual := verify_sha256(path, expected)) is not None:
+            stale[filename] = actual
+    return stale
+
+
+def _local_mismatch_error(
+    name: str,
+    local: Path,
+    stale: Mapping[str, str | None],
+    hashes: Mapping[str, str],
+    pinned: str,
+    err: HubDownloadError,
+) -> ChecksumMismatchError:
+    """The hash mismatch of a local zoo folder as the cause, with the Hub failure that kept it from being replaced."""
+    lines = [
+        f"  {str(local / f)!r}: " + (f"sha256 {actual}, the index pins {hashes[f]}" if actual else "missing")
+        for f, actual in stale.items()
+    ]
+    filename, actual = next(iter(stale.items()))
+    return ChecksumMismatchError(
+        f"zoo:{name}: the local zoo folder {str(local)!r} does not match the zoo index:\n"
+        + "\n".join(lines)
+        + "\n"
+        f"The pinned files could not be fetched from the Hub instead ({pinned}): {first_line(err)}\n"
+        f"Restore the folder (`git checkout -- {str(local)!r}` in your clone; `git status` shows what changed), "
+        "or go online so the pinned files come from the Hub.",
+        expected=hashes[filename],
+        actual=actual,
+        repo_id=err.repo_id,
+        filename=filename,
+        revision=err.revision,
+        endpoint=err.endpoint,
+        cached=err.cached,
+    )
 
 
 def _check_local_folder(folder: Path) -> None:
@@ -276,51 +345,3 @@ def _check_local_folder(folder: Path) -> None:
         f"Folder {str(folder)!r} has no {WEIGHTS_NAME} (a lightning-dnn folder holds {CONFIG_NAME}, "
         f"{WEIGHTS_NAME} and README.md, written by lightning_dnn.hub.save_pretrained)"
     )
-
-
-def _build_and_load(
-    document: Mapping[str, Any],
-    tensors: Mapping[str, Tensor],
-    device: torch.device,
-    include: Patterns | None,
-    exclude: Patterns | None,
-    rename: Mapping[str, str] | None,
-    strict: bool,
-    described: str,
-) -> tuple[nn.Module, LoadReport]:
-    """Build the network config.json describes and load into it.
-
-    When the file provides every tensor of the network (same dtypes, no tied or non-persistent tensors), the
-    network is built on the meta device (no memory, no random initialization) and the file's tensors become its
-    parameters and buffers (``load_state_dict(assign=True)``): no initialization and no copy. Otherwise it is
-    built normally, so the names the file does not provide keep their initialization.
-    """
-    spec = get_architecture(document["architecture"])
-    try:
-        with torch.device("meta"):
-            skeleton: nn.Module | None = spec.build(document["config"])
-    except Exception:  # an architecture whose constructor cannot run on meta: build it normally below
-        skeleton = None
-    if skeleton is None:
-        net = spec.build(document["config"]).to(device)
-        report, pairs = plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
-        enforce_strictness(report, strict=strict, source=described, target=net)
-        copy_pairs(pairs)
-        return net, report
-    report, _ = plan_partial_load(skeleton, tensors, include=include, exclude=exclude, rename=rename)
-    enforce_strictness(report, strict=strict, source=described, target=skeleton)
-    state = skeleton.state_dict(keep_vars=True)
-    renamed = apply_rename(tensors, rename)
-    takes_file_tensors = (
-        set(report.loaded) == set(state)
-        and all(n in state for n, _ in skeleton.named_buffers())  # no non-persistent buffers
-        and len({id(t) for t in state.values()}) == len(state)  # no tied tensors
-        and all(renamed[n].dtype == state[n].dtype for n in state)
-    )
-    if takes_file_tensors:
-        skeleton.load_state_dict({n: renamed[n] for n in state}, strict=True, assign=True)
-        return skeleton, report
-    net = spec.build(document["config"]).to(device)
-    _, pairs = plan_partial_load(net, tensors, include=include, exclude=exclude, rename=rename)
-    copy_pairs(pairs)
-    return net, report

@@ -11,10 +11,12 @@ name:
    ``include="hidden[123]"`` selects ``hidden1.*``, ``hidden2.*`` and ``hidden3.*`` but never ``hidden10.*``, and
    ``include=r"output\.linear\.weight"`` selects that one tensor;
 3. every selected name is then *loaded* (present on both sides with the same shape), *missing* (in the target
-   only), *unexpected* (in the file only) or *mismatched* (shapes differ). File names outside the selection are
-   *skipped*. Target names outside the selection are left as they are.
+   only), *unexpected* (in the file only), *mismatched* (shapes differ) or *dtype-mismatched* (the dtypes are of
+   different kinds, e.g. int64 or bool weights for a float32 parameter: a copy would cast silently; float16/32/64
+   and bfloat16 among themselves are one kind). File names outside the selection are *skipped*. Target names
+   outside the selection are left as they are.
 
-With ``strict=True`` any missing, unexpected or mismatched name raises :class:`~lightning_dnn.hub.StrictLoadError`
+With ``strict=True`` any missing, unexpected, mismatched or dtype-mismatched name raises :class:`~lightning_dnn.hub.StrictLoadError`
 listing all of them, and nothing is copied (everything is validated first). With ``strict=False`` the same list is
 warned about and what fits is copied.
 """
@@ -50,8 +52,8 @@ def load_state_dict_partial(
             of a module holding it. ``None`` selects everything. Each pattern must select a file or target name.
         exclude: regex or list of regexes removing names from the selection (same rule).
         rename: old prefix -> new prefix, applied to the file's names before selection (longest prefix first).
-        strict: raise on any missing, unexpected or mismatched name (copying nothing); otherwise warn and copy
-            what fits.
+        strict: raise on any missing, unexpected, mismatched or dtype-mismatched name (copying nothing); otherwise
+            warn and copy what fits.
         source: how to name the file in messages.
 
     Returns:

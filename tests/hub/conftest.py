@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +66,15 @@ class HubServer:
     cache: Path
 
 
-@pytest.fixture(scope="package")
-def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private HF_HOME/HF_HUB_CACHE for the hub tests (env and huggingface_hub's import-time constants)."""
+@contextmanager
+def private_hf_home(home: Path) -> Iterator[Path]:
+    """Point huggingface_hub at ``home`` (env and its import-time constants) while inside; yield the cache folder.
+
+    Also unsets any token, endpoint-independent offline flag and progress bars, and restores everything on exit.
+    """
     from huggingface_hub import constants
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    home = tmp_path_factory.mktemp("hf-home")
     cache = home / "hub"
     patch = pytest.MonkeyPatch()
     patch.setenv("HF_HOME", str(home))
@@ -90,6 +93,13 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         enable_progress_bars()
         patch.undo()
+
+
+@pytest.fixture(scope="package")
+def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private HF_HOME/HF_HUB_CACHE for the hub tests (env and huggingface_hub's import-time constants)."""
+    with private_hf_home(tmp_path_factory.mktemp("hf-home")) as cache:
+        yield cache
 
 
 @pytest.fixture(scope="package")

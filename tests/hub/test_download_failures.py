@@ -7,12 +7,8 @@ transfer after a second, which the proxy answers with HTTP 500 (not retried), so
 
 from __future__ import annotations
 
-import http.client
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import torch
@@ -20,72 +16,7 @@ import torch
 from lightning_dnn.hub import HubDownloadError, load_pretrained
 from lightning_dnn.hub._download import _download_error
 from tests.hub.conftest import HubServer
-
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
-
-
-class TruncatingProxy:
-    """Forward to ``upstream``; break GETs of paths ending with ``victim`` halfway."""
-
-    def __init__(self, upstream: str, victim: str) -> None:
-        parts = urlsplit(upstream)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.broken: list[str] = []
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
-                pass
-
-            def _forward(self, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
-                conn = http.client.HTTPConnection(host, port, timeout=30)
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "accept-encoding")
-                }
-                conn.request(method, self.path, headers=headers)
-                response = conn.getresponse()
-                body = response.read()
-                conn.close()
-                kept = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
-                return response.status, kept, body
-
-            def do_HEAD(self) -> None:
-                status, headers, _ = self._forward("HEAD")
-                self.send_response(status)
-                for key, value in headers:
-                    self.send_header(key, value)
-                self.end_headers()
-
-            def do_GET(self) -> None:
-                if self.path.endswith(victim) and proxy.broken:
-                    self.send_error(500, "retry refused by the test proxy")  # 5xx on a GET is not retried
-                    return
-                status, headers, body = self._forward("GET")
-                self.send_response(status)
-                for key, value in headers:
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.path.endswith(victim) and status == 200:
-                    proxy.broken.append(self.path)
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> TruncatingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+from tests.reliability._hub_servers import TruncatingProxy
 
 
 @pytest.fixture
@@ -137,7 +68,7 @@ def _http_error(cls: type[Exception], status: int) -> Exception:
         ("RevisionNotFoundError", "the revision does not exist in the repo"),
         ("RemoteEntryNotFoundError", "the file does not exist in the repo at that revision"),
         ("RepositoryNotFoundError", "repo, revision or file was not found, or access was denied"),
-        ("HfHubHTTPError", "the Hub could not be reached or the transfer failed"),
+        ("HfHubHTTPError", "the server answered HTTP 404"),
     ],
 )
 def test_each_hub_error_gets_a_reason_and_the_cache_state(
