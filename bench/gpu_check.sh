@@ -5,7 +5,7 @@
 # Here, first:   mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/
 # Then, one call: run(command="bash bench/gpu_check.sh", carry=["data"], timeout_s=560)
 # Everything it measures lands in $OUT (one .txt per step), with the card's name; each step has its own time
-# limit so that one slow step cannot take the others down. About 7-8 minutes in all.
+# limit so that one slow step cannot take the others down. About 8-9 minutes in all.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -27,10 +27,13 @@ if python3 -c "import pytest" 2>/dev/null; then
 else
     echo "pytest is not installed on this machine: the cuda tests did not run" | tee -a "$OUT/summary.txt"
 fi
+# LayerFreezer under FSDP (CUDA only in Lightning 2.6 and torch 2.14): a backbone built in `configure_model`
+step fsdp_check 60 python3 -m bench.fsdp_check
 step loop_speed 170 python3 -m bench.loop_speed --epochs 4 --repeats 1 \
     --variants raw-control pl-floor ours-quiet ours typical
 step callback_overhead 100 python3 -m bench.callback_overhead --quick --device cuda
 step feature_cache 150 python3 -m bench.feature_cache --quick --device cuda
-for f in "$OUT"/loop_speed.txt "$OUT"/callback_overhead.txt "$OUT"/feature_cache.txt "$OUT"/tests.txt; do
-    [ -f "$f" ] && { echo "---- $f"; grep -E '^\||passed|failed|error|Error|machine|overhead' "$f" | tail -n 30; }
+for f in "$OUT"/loop_speed.txt "$OUT"/callback_overhead.txt "$OUT"/feature_cache.txt "$OUT"/tests.txt \
+    "$OUT"/fsdp_check.txt; do
+    [ -f "$f" ] && { echo "---- $f"; grep -E '^\||passed|failed|error|Error|machine|overhead|PASS|FAIL' "$f" | tail -n 30; }
 done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_choice, check_int, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
+from lightning_dnn.callbacks._configure_model import AfterConfigureModel, after_configure_model
 from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
 from lightning_dnn.callbacks._param_groups import add_param_group, check_proportional, optimizer_param_ids
 from lightning_dnn.callbacks._state_key import StateKeyOnce
@@ -63,9 +65,12 @@ class LayerFreezer(StateKeyOnce):
     (a ``configure_optimizers`` that passes all ``self.parameters()``) simply start receiving gradients; frozen
     ones have ``grad=None``, which every ``torch.optim`` optimizer skips, weight decay included.
 
-    Freezing happens in ``setup``, before the strategy wraps the model and before ``configure_optimizers``, so
-    a ``configure_optimizers`` that keeps only ``requires_grad`` parameters leaves the frozen ones out and DDP
-    registers only the trainable ones (no ``find_unused_parameters=True``). Frozen batch norm is put back in eval
+    Freezing happens right after ``LightningModule.configure_model`` (in ``setup`` when the module does not
+    override it), so layers created there are selected like those created in ``__init__``; that is before the
+    strategy wraps the model and before ``configure_optimizers``, so a ``configure_optimizers`` that keeps only
+    ``requires_grad`` parameters leaves the frozen ones out and DDP registers only the trainable ones (no
+    ``find_unused_parameters=True``). Lightning has no callback hook at that point: ``setup`` wraps the module's
+    ``configure_model`` on the instance for that one call (``is_overridden`` still sees the user's method). Frozen batch norm is put back in eval
     mode before every training batch, so validation (or user code calling ``.train()``) cannot release it.
     Parameters are compared by identity, never by value. Every LR scheduler attached to the optimizer is
     extended for a new group (``base_lrs``/``lr_lambdas``, ``ReduceLROnPlateau``'s ``min_lrs``, ``CyclicLR``'s
@@ -89,7 +94,11 @@ class LayerFreezer(StateKeyOnce):
     gradients itself after backward (only on the micro-batches where DDP synchronizes).
 
     Supported strategies with an ``unfreeze`` schedule: single device and DDP (``"ddp"``, ``"ddp_spawn"``, ...).
-    Modules created in ``LightningModule.configure_model`` do not exist yet in ``setup`` and cannot be selected.
+    FSDP (``FSDPStrategy``, which Lightning 2.6 runs on GPUs only) takes a ``freeze`` without ``unfreeze``: create
+    the layers in ``configure_model`` and the frozen parameters have ``requires_grad=False`` when FSDP wraps
+    them (Lightning's default ``use_orig_params=True`` lets frozen and trainable parameters share a flat
+    parameter); they get no gradient and never change. ``bench/fsdp_check.py`` (run by ``bench/gpu_check.sh``)
+    checks this on one GPU.
 
     Raises:
         TypeError: ``freeze``/``unfreeze`` of the wrong type, ``unfreeze`` keys that are not integers.
@@ -148,6 +157,7 @@ class LayerFreezer(StateKeyOnce):
         self._pending_state: dict[str, Any] | None = None  # loaded before `setup`: applied there
         self._unsynced = UnsyncedGradients()  # parameters we unfroze that DDP does not sync
         self._base_lr0: Any = None  # the first group's lr at fit start (a float or a tensor)
+        self._initial: AfterConfigureModel | None = None  # the initial freeze, until `configure_model` ran
 
     @classmethod
     def freeze_all_but_head(
@@ -250,8 +260,22 @@ class LayerFreezer(StateKeyOnce):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._module = pl_module
+        self._module = None  # set when the initial freeze runs; a checkpoint loaded before that waits for it
         self._applied = []  # a new fit starts the schedule again; a resume restores it in `load_state_dict`
+        strategy = trainer.strategy
+        supported = isinstance(strategy, SingleDeviceStrategy | DDPStrategy)
+        if self._schedule and (not supported or isinstance(strategy, DeepSpeedStrategy)):
+            raise ValueError(
+                f"`LayerFreezer(unfreeze=...)` supports single-device and DDP strategies, got "
+                f"{type(strategy).__name__}: parameters unfrozen after the model is wrapped are not "
+                "trained correctly there. Freeze without `unfreeze`, or use strategy='ddp'."
+            )
+        # Layers created in `configure_model` exist only after it, and the strategy wraps the model right after it.
+        self._initial = after_configure_model(pl_module, partial(self._freeze_initial, pl_module))
+
+    def _freeze_initial(self, pl_module: pl.LightningModule) -> None:
+        """Select and freeze the ``freeze`` modules, once the LightningModule's layers exist (see ``setup``)."""
+        self._module = pl_module
         self._frozen = self._initial_frozen(pl_module)
         params = _owned_parameters(pl_module, self._frozen)
         if not params and not any(
@@ -264,14 +288,6 @@ class LayerFreezer(StateKeyOnce):
         ours = _marked_frozen(pl_module)
         self._foreign = {id(p) for p in pl_module.parameters() if not p.requires_grad} - ours
         self._validate_schedule(pl_module)
-        strategy = trainer.strategy
-        supported = isinstance(strategy, SingleDeviceStrategy | DDPStrategy)
-        if self._schedule and (not supported or isinstance(strategy, DeepSpeedStrategy)):
-            raise ValueError(
-                f"`LayerFreezer(unfreeze=...)` supports single-device and DDP strategies, got "
-                f"{type(strategy).__name__}: parameters unfrozen after the model is wrapped are not "
-                "trained correctly there. Freeze without `unfreeze`, or use strategy='ddp'."
-            )
         self._release_stale(pl_module, ours - {id(p) for _, p in params})
         params = [(n, p) for n, p in params if id(p) not in self._foreign]
         for _, param in params:
@@ -291,6 +307,13 @@ class LayerFreezer(StateKeyOnce):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The strategy has wrapped the model and built the optimizers; optimizer/scheduler states are restored next.
+        if self._initial is not None and not self._initial.done:  # `configure_model` replaced after `setup`
+            self._initial.run()
+            rank_zero_warn(
+                "LayerFreezer froze its modules only at fit start, after the strategy wrapped the model: the "
+                "LightningModule's `configure_model` was replaced after the callbacks' `setup`. Under DDP this "
+                "needs `find_unused_parameters=True`; define `configure_model` as a method instead."
+            )
         self._unsynced.attach(trainer.strategy.model, pl_module)
         if trainer.optimizers:
             group0 = trainer.optimizers[0].param_groups[0]
@@ -335,6 +358,9 @@ class LayerFreezer(StateKeyOnce):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # drop the references to the model; the state (names) stays for `state_dict`
+            if self._initial is not None:
+                self._initial.detach()  # `configure_model` never ran (the fit failed before it)
+            self._initial = None
             self._module = None
             self._frozen_norms = []
             self._foreign = set()

@@ -165,7 +165,8 @@ class GradientClipping(StateKeyOnce):
             of regexes, ``re.fullmatch`` on a dotted module or parameter name of the LightningModule, or on that
             name without its first component, never a deeper suffix, e.g. ``"hidden[12]"``); the
             global norm is then taken over those parameters only and the other gradients are left untouched.
-            ``None`` selects every parameter.
+            ``None`` selects every parameter. The selection is made at fit start, after
+            ``LightningModule.configure_model``, so layers created there are found.
         per_parameter: With ``norm``, clip each parameter's gradient norm separately instead of the global norm.
         log_norm: Log the pre-clip norm (and ``skipped_steps``).
         skip_nonfinite: Skip optimizer steps whose gradients are not finite, all of them and not only the

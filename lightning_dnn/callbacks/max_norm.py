@@ -85,7 +85,8 @@ class MaxNorm(StateKeyOnce):
     The callback hooks each optimizer's step (``Optimizer.register_step_post_hook``) for the duration of
     ``fit`` (following optimizers that another callback replaces mid-fit), so it works with any LightningModule,
     with manual optimization and with several optimizers; each optimizer constrains the selected weights it owns
-    (param groups added during fit included). It has no run-time state: a resumed run constrains exactly
+    (param groups added during fit included). The weights are selected at fit start, after
+    ``LightningModule.configure_model``, so layers created there are found. It has no run-time state: a resumed run constrains exactly
     like an uninterrupted one. Under DDP every rank applies the same deterministic rescaling to identical weights;
     sharded strategies (FSDP, DeepSpeed, ModelParallel) are refused because rows are split across ranks.
 
