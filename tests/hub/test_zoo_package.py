@@ -101,7 +101,6 @@ def _build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
-@pytest.mark.slow
 def test_wheel_ships_the_index_and_resolves_zoo_names_from_it(olah: HubServer, tmp_path: Path) -> None:
     entry = ENTRIES[DIGITS]
     serve_zoo(olah)  # the entries' canonical repositories, at the pinned commits
