@@ -1,7 +1,8 @@
 """Save, load, share and reuse networks as Hugging Face Hub model repos (safetensors, never pickle).
 
-* :func:`save_pretrained` writes a folder: ``config.json`` (architecture + constructor arguments + metadata),
-  ``model.safetensors`` and a ``README.md`` model card;
+* :func:`save_pretrained` writes a folder: ``config.json`` (architecture + constructor arguments + metadata; for
+  an unregistered network its class path and, when given, ``init_args``), ``model.safetensors`` and a
+  ``README.md`` model card;
 * :func:`load_pretrained` reads a local folder, ``hf://org/name[@revision]`` or ``zoo:name``, whole or in part
   (``include="hidden[123]"``), into a new network or an existing one (``into=``), with a :class:`LoadReport`;
 * :func:`push_to_hub` publishes a folder or a network;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dnn._selection import Patterns
+from lightning_dnn._specs import import_class
 from lightning_dnn.hub._download import first_line
 from lightning_dnn.hub._plan import (
     LoadReport,
@@ -27,7 +29,14 @@ from lightning_dnn.hub._plan import (
 from lightning_dnn.hub._safetensors import SafetensorsHeader
 from lightning_dnn.hub.architectures import ArchitectureSpec, get_architecture
 
-__all__ = ["architecture_of_config", "build_and_load", "check_config_size", "meta_skeleton"]
+__all__ = [
+    "ClassPathSpec",
+    "architecture_of_config",
+    "build_and_load",
+    "check_config_size",
+    "class_path_spec",
+    "meta_skeleton",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,43 @@ def architecture_of_config(document: Mapping[str, Any], config_path: Path) -> Ar
         return get_architecture(document["architecture"])
     except ValueError as err:
         raise ValueError(f"{str(config_path)!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class ClassPathSpec(ArchitectureSpec):
+    """An unregistered network class that ``config.json`` names by class path: built with ``cls(**init_args)``."""
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        """Build ``cls(**config)``."""
+        return self.cls(**config)
+
+
+def class_path_spec(document: Mapping[str, Any], config_path: Path) -> ClassPathSpec:
+    """The class a weights-only config.json names, when it may be imported and its arguments are recorded.
+
+    The class is imported only under the trusted-packages rule of :func:`lightning_dnn._specs.import_class`
+    (torch, torchvision, lightning_dnn, ... or a module already imported): a downloaded config never imports
+    arbitrary code.
+
+    Raises:
+        ValueError: naming the file, what is missing or untrusted, and the fix (``into=``).
+    """
+    path, init_args = document.get("class_path"), document.get("init_args")
+    fix = "build the network yourself and pass it: load_pretrained(source, into=YourNet(...))"
+    if path is None or init_args is None:
+        what = (
+            "no importable class path"
+            if path is None
+            else f"class {path!r} without its constructor arguments"
+        )
+        raise ValueError(
+            f"{str(config_path)!r} records {what} (saved weights-only), so it cannot be rebuilt; {fix}"
+        )
+    try:
+        cls = import_class("class_path", path, nn.Module)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{str(config_path)!r}: {err}; or {fix}") from None
+    return ClassPathSpec(str(document.get("architecture") or cls.__name__), cls)
 
 
 def meta_skeleton(spec: ArchitectureSpec, document: Mapping[str, Any], config_path: Path) -> nn.Module | None:

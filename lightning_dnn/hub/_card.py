@@ -92,7 +92,7 @@ def render_model_card(
         net = _skeleton(document)
     sections = (
         _title(document, metadata, fields),
-        _how_to_load(metadata, fields, net),
+        _how_to_load(document, fields, net),
         _recipe(metadata),
         _training_data(metadata),
         _metrics(metadata),
@@ -143,14 +143,17 @@ def _front_matter(document: Mapping[str, Any], metadata: Mapping[str, Any], fiel
 
 
 def _title(document: Mapping[str, Any], metadata: Mapping[str, Any], fields: Mapping[str, Any]) -> list[str]:
-    default = metadata.get("zoo_name") or fields.get("repo_id") or f"lightning-dnn {document.get('architecture')}"
+    default = (
+        metadata.get("zoo_name") or fields.get("repo_id") or f"lightning-dnn {document.get('architecture')}"
+    )
     lines = [f"# {fields.get('title') or default}", ""]
     if fields.get("description"):
         lines += [str(fields["description"]).strip(), ""]
     return lines
 
 
-def _how_to_load(metadata: Mapping[str, Any], fields: Mapping[str, Any], net: nn.Module | None) -> list[str]:
+def _how_to_load(document: Mapping[str, Any], fields: Mapping[str, Any], net: nn.Module | None) -> list[str]:
+    metadata = document.get("metadata") or {}
     if metadata.get("zoo_name"):
         source, note = f"zoo:{metadata['zoo_name']}", "  # pinned commit, sha256-verified"
     else:
@@ -163,6 +166,13 @@ def _how_to_load(metadata: Mapping[str, Any], fields: Mapping[str, Any], net: nn
         "",
         f'net, report = load_pretrained("{source}"){note}',
     ]
+    if (
+        "class_path" in document and document.get("init_args") is None
+    ):  # weights only: the user builds the net
+        lines[-1] = (
+            f'net, report = load_pretrained("{source}", into=net)  # net: a {document.get("architecture")}'
+        )
+
     blocks = lower_blocks(net) if net is not None else ()
     if blocks:
         lines += [
@@ -193,7 +203,9 @@ def _training_data(metadata: Mapping[str, Any]) -> list[str]:
     classes, labels = metadata.get("classes"), metadata.get("labels")
     if classes and labels:
         pairs = zip(classes, labels, strict=False)
-        lines.append("- classes, in output order: " + ", ".join(f"`{c}` (label {label})" for c, label in pairs))
+        lines.append(
+            "- classes, in output order: " + ", ".join(f"`{c}` (label {label})" for c, label in pairs)
+        )
     elif classes:
         lines.append(f"- classes: {', '.join(str(c) for c in classes)}")
     training = metadata.get("training") or {}
@@ -218,6 +230,8 @@ def _metrics(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def _architecture(document: Mapping[str, Any], net: nn.Module | None) -> list[str]:
+    if "class_path" in document:
+        return _class_architecture(document, net)
     lines = [
         "## Architecture",
         "",
@@ -228,6 +242,26 @@ def _architecture(document: Mapping[str, Any], net: nn.Module | None) -> list[st
         "|---|---|",
     ]
     lines += [f"| `{key}` | `{json.dumps(value)}` |" for key, value in (document.get("config") or {}).items()]
+    if net is not None:
+        lines += ["", f"{sum(p.numel() for p in net.parameters()):,} parameters."]
+    return [*lines, ""]
+
+
+def _class_architecture(document: Mapping[str, Any], net: nn.Module | None) -> list[str]:
+    """The architecture section of a network saved by class path (weights only, maybe with init_args)."""
+    path, init_args = document.get("class_path"), document.get("init_args")
+    lines = [
+        "## Architecture",
+        "",
+        f"`{path or document.get('architecture')}`, saved with lightning-dnn "
+        f"{document.get('library_version', '')}",
+    ]
+    if init_args is None:
+        lines[-1] += " as weights only (build the network yourself and load with `into=`)."
+    else:
+        lines[-1] += ", built with:"
+        lines += ["", "| argument | value |", "|---|---|"]
+        lines += [f"| `{key}` | `{json.dumps(value)}` |" for key, value in init_args.items()]
     if net is not None:
         lines += ["", f"{sum(p.numel() for p in net.parameters()):,} parameters."]
     return [*lines, ""]

@@ -3,7 +3,8 @@
 Everything goes through ``hf_hub_download``: its cache (``HF_HUB_CACHE``/``cache_dir``), ``HF_ENDPOINT`` or
 ``endpoint=``, ``HF_HUB_OFFLINE``, and tokens. ``config.json`` is fetched first at the requested revision (which
 writes the branch/tag -> commit ref into the cache); the other files are fetched at the commit it resolved to, so
-one load never mixes files of two commits. huggingface_hub downloads into a process-unique ``*.incomplete`` file
+one load never mixes files of two commits. A repo without ``config.json`` (weights only) is fetched from
+``model.safetensors`` on; one without ``model.safetensors`` from ``model.safetensors.index.json`` and its shards. huggingface_hub downloads into a process-unique ``*.incomplete`` file
 and renames it into the cache only when complete (a failed transfer deletes it), so a later load never finds a
 partial file.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from lightning_dnn._version import __version__
 from lightning_dnn.hub._distributed import rank_zero_first
 from lightning_dnn.hub._io import (
     CONFIG_NAME,
+    INDEX_NAME,
     LIBRARY_NAME,
     WEIGHTS_NAME,
     find_pickle_files,
@@ -45,6 +47,7 @@ from lightning_dnn.hub._io import (
     unsafe_weights_message,
 )
 from lightning_dnn.hub._names import COMMIT
+from lightning_dnn.hub._weights import read_index
 from lightning_dnn.hub.errors import ChecksumMismatchError, HubDownloadError, UnsafeWeightsError
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,10 @@ def fetch_repo_folder(
     local_files_only: bool = False,
     sha256: Mapping[str, str] | None = None,
 ) -> Path:
-    """Fetch config.json, model.safetensors and every file in ``sha256`` (verified); return the snapshot folder.
+    """Fetch config.json (if any), the weights and every file in ``sha256`` (verified); return the snapshot folder.
+
+    The weights are ``model.safetensors`` or, when the repo has none, ``model.safetensors.index.json`` and the
+    shards its ``weight_map`` names.
 
     Under torch.distributed, rank 0 fetches first and the other ranks then read the cache
     (see :mod:`lightning_dnn.hub._distributed`).
@@ -113,12 +119,18 @@ def _fetch(
     download = partial(
         _download, endpoint=endpoint, token=token, cache_dir=cache_dir, local_files_only=local_files_only
     )
-    config_path = download(repo_id, CONFIG_NAME, revision)
-    commit = _commit_of(config_path)
-    paths = {CONFIG_NAME: config_path}
-    names = [WEIGHTS_NAME] + [n for n in (sha256 or {}) if n not in (CONFIG_NAME, WEIGHTS_NAME)]
-    for name in names:
-        paths[name] = download(repo_id, name, commit or revision)
+    config_path = download(repo_id, CONFIG_NAME, revision, missing_ok=True)
+    paths: dict[str, Path] = {} if config_path is None else {CONFIG_NAME: config_path}
+    commit = _commit_of(config_path) if config_path else None
+    weights = _fetch_weights(download, repo_id, revision, commit)
+    if not weights:  # raise the error that explains it: the repo's (no config either) or the weights'
+        download(repo_id, WEIGHTS_NAME if config_path else CONFIG_NAME, commit or revision)
+        raise AssertionError("unreachable")  # pragma: no cover
+    paths.update(weights)
+    commit = _commit_of(next(iter(paths.values())))
+    for name in sha256 or {}:
+        if name not in paths:
+            paths[name] = _required(download(repo_id, name, commit or revision))
     for name, expected in (sha256 or {}).items():
         actual = verify_sha256(paths[name], expected)
         if actual is not None:
@@ -134,7 +146,30 @@ def _fetch(
                 endpoint=_endpoint(endpoint),
                 cached=False,
             )
-    return config_path.parent
+    return next(iter(paths.values())).parent
+
+
+def _fetch_weights(
+    download: Callable[..., Path | None], repo_id: str, revision: str | None, commit: str | None
+) -> dict[str, Path]:
+    """``model.safetensors``, or else the index and every shard it names, at one commit; ``{}`` when neither."""
+    weights = download(repo_id, WEIGHTS_NAME, commit or revision, missing_ok=True)
+    if weights is not None:
+        return {WEIGHTS_NAME: weights}
+    index = download(repo_id, INDEX_NAME, commit or revision, missing_ok=True)
+    if index is None:
+        return {}
+    commit = commit or _commit_of(index)
+    paths = {INDEX_NAME: index}
+    for shard in read_index(index):
+        paths[shard] = _required(download(repo_id, shard, commit or revision))
+    return paths
+
+
+def _required(path: Path | None) -> Path:
+    if path is None:  # only a download with missing_ok=True answers None
+        raise AssertionError("a required download returned no file")  # pragma: no cover
+    return path
 
 
 def _download(
@@ -146,7 +181,9 @@ def _download(
     token: str | bool | None,
     cache_dir: str | None,
     local_files_only: bool,
-) -> Path:
+    missing_ok: bool = False,
+) -> Path | None:
+    """Download one file; ``None`` when ``missing_ok`` and the server answered that it is not there."""
     try:
         return Path(
             hf_hub_download(
@@ -166,6 +203,8 @@ def _download(
     except Exception as err:
         if not isinstance(err, _download_errors()):
             raise
+        if missing_ok and (_server_said_missing(err) or _offline_cache_miss(err, local_files_only)):
+            return None
         if filename in (CONFIG_NAME, WEIGHTS_NAME) and _server_said_missing(err):
             _refuse_pickle_only_repo(
                 repo_id, revision, endpoint=endpoint, token=token, offline=local_files_only
@@ -192,6 +231,16 @@ def _server_said_missing(err: BaseException) -> bool:
     )
 
 
+def _offline_cache_miss(err: BaseException, local_files_only: bool) -> bool:
+    """Whether ``err`` is a file absent from the cache in offline mode (an optional file: the next one may be there).
+
+    A weights-only repo loaded offline has no cached config.json (the Hub had none); when no file of the repo is
+    cached at all, the last, required download raises the offline error that explains it.
+    """
+    offline = local_files_only or constants.HF_HUB_OFFLINE
+    return offline and isinstance(err, LocalEntryNotFoundError | OfflineModeIsEnabled)
+
+
 def _refuse_pickle_only_repo(
     repo_id: str, revision: str | None, *, endpoint: str | None, token: str | bool | None, offline: bool
 ) -> None:
@@ -205,7 +254,7 @@ def _refuse_pickle_only_repo(
             raise
         return  # the original error explains the failure better
     pickles = find_pickle_files(files)
-    if pickles and WEIGHTS_NAME not in files:
+    if pickles and WEIGHTS_NAME not in files and INDEX_NAME not in files:
         raise UnsafeWeightsError(
             unsafe_weights_message(f"Hub repo {repo_id!r} at revision {revision or 'main'!r}", pickles),
             pickles,

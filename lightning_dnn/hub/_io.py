@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The index of a sharded checkpoint: ``{"weight_map": {tensor name: shard file}}``.
+INDEX_NAME = "model.safetensors.index.json"
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 LIBRARY_NAME = "lightning-dnn"
@@ -107,13 +109,12 @@ def write_folder_atomically(directory: Path, writers: Mapping[str, Callable[[Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """Read and check a lightning-dnn ``config.json`` (at most :data:`MAX_CONFIG_BYTES`, UTF-8 JSON, its keys).
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object of at most :data:`MAX_CONFIG_BYTES` (any library's ``config.json``).
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: for a file that is too big, not UTF-8, not JSON, nested too deeply, or lacks what a
-            lightning-dnn config holds; the message names the file.
+        ValueError: for a file that is too big, not UTF-8, not JSON, nested too deeply or not an object.
     """
     try:
         size = os.path.getsize(path)
@@ -137,15 +138,39 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(document, dict):
         raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(document).__name__}")
+    return document
+
+
+def is_ours(document: Mapping[str, Any]) -> bool:
+    """Whether a config document was written by lightning-dnn (its ``library`` key)."""
+    return document.get("library") == LIBRARY_NAME
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read and check a lightning-dnn ``config.json`` (at most :data:`MAX_CONFIG_BYTES`, UTF-8 JSON, its keys).
+
+    Two kinds: a registered architecture (``architecture`` + ``config``) or any network (``class_path``, a
+    dotted class path or null, + ``init_args``, a JSON object or null).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: for a file that is too big, not UTF-8, not JSON, nested too deeply, or lacks what a
+            lightning-dnn config holds; the message names the file.
+    """
+    document = read_json(path)
     library = document.get("library")
     if library != LIBRARY_NAME:
         raise ValueError(
             f"{str(path)!r} is not a lightning-dnn config (its 'library' is {library!r:.100}, expected {LIBRARY_NAME!r})"
         )
-    for key, kind in (("architecture", str), ("config", dict)):
+    kinds: tuple[tuple[str, type | tuple[type, ...]], ...] = (("architecture", str), ("config", dict))
+    if "class_path" in document:
+        kinds = (("architecture", str), ("class_path", (str, type(None))), ("init_args", (dict, type(None))))
+    for key, kind in kinds:
         if not isinstance(document.get(key), kind):
+            expected = kind.__name__ if isinstance(kind, type) else f"{kind[0].__name__} or null"
             raise ValueError(
-                f"{str(path)!r} must have {key!r} as a JSON {kind.__name__}, got {document.get(key)!r:.200}"
+                f"{str(path)!r} must have {key!r} as a JSON {expected}, got {document.get(key)!r:.200}"
             )
     metadata = document.get("metadata", {})
     if not isinstance(metadata, dict):

@@ -24,6 +24,8 @@ __all__ = [
     "check_options",
     "copy_pairs",
     "enforce_strictness",
+    "find_prefix",
+    "load_into",
     "plan_partial_load",
     "rank_zero_warn",
 ]
@@ -46,6 +48,9 @@ class LoadReport:
         dtype_mismatched: ``(name, file_dtype, target_dtype)`` for selected names of equal shape whose kinds of
             dtype differ (integer or bool into floating point, floating point into an integer buffer, ...):
             copying would cast silently. Float16/32/64 and bfloat16 among themselves are the same kind.
+        prefix: the child the file was loaded into when its names are relative to it (``"net"`` for a
+            LightningModule holding ``self.net``); ``""`` when they are relative to the target itself. All names
+            above are then relative to that child.
 
     Example:
         >>> report = LoadReport(loaded=["a.weight"], mismatched=[("b.weight", (3, 2), (4, 2))])
@@ -63,6 +68,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
     dtype_mismatched: list[tuple[str, str, str]] = field(default_factory=list)
+    prefix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -108,6 +114,8 @@ class LoadReport:
         if self.dtype_mismatched:
             lines[0] += f", {len(self.dtype_mismatched)} dtype-mismatched"
             lines.append(f"  dtype-mismatched: {', '.join(_dtype_text(m) for m in self.dtype_mismatched)}")
+        if self.prefix:
+            lines.append(f"  into: {self.prefix} (the file's names are relative to it)")
         return "\n".join(lines)
 
 
@@ -181,6 +189,58 @@ def plan_partial_load(
             pairs.append((target_tensors[name], tensor))
     report.missing = [n for n in target_tensors if selected(n) and n not in file_tensors]
     return report, pairs
+
+
+def find_prefix(target: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module]:
+    """The submodule of ``target`` whose names the file's ``names`` are relative to: ``("", target)`` or a child.
+
+    When no file name is a name of ``target`` itself, the submodule whose ``state_dict`` names share the most
+    names with the file is chosen (the first, i.e. the outermost, on a tie): ``("net", target.net)`` for a
+    LightningModule holding ``self.net`` and a file saved from that network.
+
+    Example:
+        >>> holder = nn.Module()
+        >>> holder.net = nn.Sequential(nn.Linear(2, 2))
+        >>> find_prefix(holder, ["0.weight", "0.bias"])[0], find_prefix(holder, ["net.0.weight"])[0]
+        ('net', '')
+    """
+    wanted = set(names)
+    own = list(target.state_dict(keep_vars=True))
+    if wanted & set(own) or not wanted:
+        return "", target
+    best, best_count = ("", target), 0
+    for prefix, module in target.named_modules():
+        if not prefix:
+            continue
+        start = prefix + "."
+        count = len(wanted & {n[len(start) :] for n in own if n.startswith(start)})
+        if count > best_count:
+            best, best_count = (prefix, module), count
+    return best
+
+
+def load_into(
+    target: nn.Module,
+    tensors: Mapping[str, Tensor],
+    *,
+    include: Patterns | None,
+    exclude: Patterns | None,
+    rename: Mapping[str, str] | None,
+    strict: bool,
+    source: str,
+) -> LoadReport:
+    """Load ``tensors`` into ``target``, or into the child their names are relative to (:func:`find_prefix`).
+
+    ``include``/``exclude`` are then relative to that child; the report's ``prefix`` names it (and it is logged).
+    """
+    prefix, module = find_prefix(target, list(apply_rename(tensors, rename)))
+    report, pairs = plan_partial_load(module, tensors, include=include, exclude=exclude, rename=rename)
+    report.prefix = prefix
+    if prefix:
+        log.info("%s: names are relative to %r of %s; loading into it", source, prefix, type(target).__name__)
+    enforce_strictness(report, strict=strict, source=source, target=module)
+    copy_pairs(pairs)
+    return report
 
 
 def check_options(

@@ -24,8 +24,10 @@ __all__ = [
     "ArchitectureSpec",
     "architecture_of",
     "available_architectures",
+    "find_architecture",
     "get_architecture",
     "lower_blocks",
+    "refuse_wrapped_architecture",
     "register_architecture",
 ]
 
@@ -140,6 +142,29 @@ def get_architecture(name: str) -> ArchitectureSpec:
         ValueError: Unknown architecture 'MPL'. Did you mean 'MLP'? Valid names: ConvNet, MLP.
     """
     return lookup(_REGISTRY, "architecture", name, arg="architecture")
+
+
+def find_architecture(net: nn.Module) -> ArchitectureSpec | None:
+    """Return the spec whose class is exactly ``type(net)``, or ``None`` for an unregistered network.
+
+    Example:
+        >>> find_architecture(MLP(4, 3, 2)).name, find_architecture(nn.Linear(2, 2))
+        ('MLP', None)
+    """
+    return next((spec for spec in _REGISTRY.values() if type(net) is spec.cls), None)
+
+
+def refuse_wrapped_architecture(net: nn.Module) -> None:
+    """Raise TypeError when ``net`` wraps a registered architecture as ``.net`` (a ``DNNClassifier``).
+
+    Saving the wrapper would lose the architecture's config round trip; the message says to pass ``.net``.
+    """
+    inner = getattr(net, "net", None)
+    if isinstance(inner, nn.Module) and find_architecture(inner) is not None:
+        raise TypeError(
+            f"{type(net).__name__} is not a registered architecture, but it wraps a {type(inner).__name__} as "
+            "`.net`: pass that instead (its config is recorded, so the folder rebuilds it)."
+        )
 
 
 def architecture_of(net: nn.Module) -> ArchitectureSpec:

@@ -2,14 +2,17 @@
 
 ``source`` is one of:
 
-* a local folder written by :func:`~lightning_dnn.hub.save_pretrained` (``str`` or ``os.PathLike``);
+* a local folder written by :func:`~lightning_dnn.hub.save_pretrained` (``str`` or ``os.PathLike``), or any
+  folder with ``model.safetensors`` or a sharded ``model.safetensors.index.json`` (with ``into=``), or a single
+  ``.safetensors`` file (with ``into=``);
 * ``"hf://org/name"`` or ``"hf://org/name@revision"`` (branch, tag or commit), fetched through huggingface_hub
   into its cache (``HF_ENDPOINT``/``endpoint=``, ``HF_HUB_OFFLINE``/``local_files_only=``, tokens);
 * ``"zoo:name"``: resolved through the zoo index (:mod:`lightning_dnn.hub.zoo`) to a Hub repo at a pinned commit,
   with the sha256 of each file verified after download (a mismatch deletes the file from the cache and raises);
   a local clone's zoo folder with matching hashes is used without any network access.
 
-Only ``model.safetensors`` is ever read: a folder or repo that has only pickle files (``pytorch_model.bin``,
+Only safetensors files are ever read (``model.safetensors``, or the shards an index's ``weight_map`` names:
+plain file names next to the index, never paths): a folder or repo that has only pickle files (``pytorch_model.bin``,
 ``*.pt``, ``*.pkl``, ``*.ckpt``), or a pickle saved under that name, is refused with
 :class:`~lightning_dnn.hub.UnsafeWeightsError`. Its header is checked before any tensor is read
 (:class:`~lightning_dnn.hub.WeightsFileError` names the file and what is wrong), and the network ``config.json``
@@ -23,30 +26,36 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_dnn._selection import Patterns
-from lightning_dnn.hub._build import architecture_of_config, build_and_load, check_config_size, meta_skeleton
+from lightning_dnn.hub._build import (
+    architecture_of_config,
+    build_and_load,
+    check_config_size,
+    class_path_spec,
+    meta_skeleton,
+)
 from lightning_dnn.hub._download import fetch_repo_folder, first_line, verify_sha256
 from lightning_dnn.hub._io import (
     CONFIG_NAME,
+    INDEX_NAME,
     WEIGHTS_NAME,
     device_of,
     find_pickle_files,
+    is_ours,
     read_config,
+    read_json,
     unsafe_weights_message,
 )
+from lightning_dnn.hub._layouts import timm_layout
 from lightning_dnn.hub._names import REPO_ID
-from lightning_dnn.hub._plan import (
-    LoadReport,
-    check_options,
-    copy_pairs,
-    enforce_strictness,
-    plan_partial_load,
-)
-from lightning_dnn.hub._safetensors import load_weights, read_header
+from lightning_dnn.hub._plan import LoadReport, check_options, load_into
+from lightning_dnn.hub._weights import load_all, read_headers, weight_files
+from lightning_dnn.hub.architectures import ArchitectureSpec
 from lightning_dnn.hub.errors import ChecksumMismatchError, HubDownloadError, UnsafeWeightsError
 from lightning_dnn.hub.zoo import resolve_zoo
 
@@ -90,7 +99,13 @@ def load_pretrained(
             given and different is an error). Not allowed for ``zoo:`` (entries are pinned) or local folders.
         strict: raise on any problem in the selection (copying nothing); ``False`` warns and copies what fits.
         into: an existing network to load into (e.g. a bigger one, or one with a new head) instead of building
-            the one ``config.json`` describes. It is modified in place and returned.
+            the one ``config.json`` describes; needed when the source has no config.json (a bare
+            ``model.safetensors``, a sharded repo, a single file) or records only a class path. It is modified in
+            place and returned. When the file's names are relative to one of its children (a LightningModule
+            holding ``self.net``), the tensors go into that child, ``include``/``exclude`` are relative to it, and
+            :attr:`LoadReport.prefix` names it. A timm repo (``config.json`` with ``architecture``) has its names
+            mapped onto the torchvision network of that name (see ``hub/_layouts.py``); without ``into`` that
+            torchvision network is built.
         map_location: where the tensors are loaded; a network built from ``config.json`` is placed there too.
         endpoint: the Hub endpoint (default ``HF_ENDPOINT``, i.e. https://huggingface.co).
         token: a Hub token (default: huggingface_hub's, from ``HF_TOKEN`` or ``hf auth login``).
@@ -110,9 +125,11 @@ def load_pretrained(
         HubDownloadError: if a Hub file cannot be fetched (names the repo, file, revision, endpoint, the cause
             and whether a cached copy exists); :class:`~lightning_dnn.hub.ChecksumMismatchError` for a zoo hash
             mismatch (downloaded, or in a local zoo folder the Hub cannot replace).
-        FileNotFoundError: for a local folder that does not exist or lacks a file.
+        FileNotFoundError: for a local folder that does not exist or lacks a file; for a source without
+            config.json and no ``into``.
         TypeError, ValueError: for invalid arguments; ValueError for a config.json that is not valid, does not
-            build its architecture, or describes far more elements than model.safetensors holds.
+            build its architecture, names a class that is untrusted (never imported) or has no recorded
+            constructor arguments (pass ``into``), or describes far more elements than the weights hold.
 
     Example:
         >>> import tempfile
@@ -135,7 +152,7 @@ def load_pretrained(
         raise TypeError(f"`into` must be an nn.Module or None, got {type(into).__name__}")
     if not isinstance(local_files_only, bool):
         raise TypeError(f"`local_files_only` must be a bool, got {type(local_files_only).__name__}")
-    folder, described = resolve_source(
+    path, described = resolve_source(
         source,
         revision=revision,
         endpoint=endpoint,
@@ -143,24 +160,54 @@ def load_pretrained(
         cache_dir=cache_dir,
         local_files_only=local_files_only,
     )
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    document = read_config(config_path)
-    header = read_header(weights_path, described)
+    files = weight_files(path)
+    config_path = path / CONFIG_NAME if path.is_dir() and (path / CONFIG_NAME).is_file() else None
+    document = _read_document(config_path, mandatory=into is None, described=described)
+    header = read_headers(files, described)
+    layout = timm_layout(document)
     if into is not None:
-        tensors = load_weights(weights_path, device, described)
-        report, pairs = plan_partial_load(into, tensors, include=include, exclude=exclude, rename=rename)
-        enforce_strictness(report, strict=strict, source=described, target=into)
-        copy_pairs(pairs)
+        tensors = load_all(files, device, described)
+        if layout is not None:
+            tensors = layout.translate(tensors)
+        report = load_into(
+            into, tensors, include=include, exclude=exclude, rename=rename, strict=strict, source=described
+        )
         return into, report
-    spec = architecture_of_config(document, config_path)
-    skeleton = meta_skeleton(spec, document, config_path)
+    assert document is not None and config_path is not None  # _read_document raised otherwise
+    if layout is not None:
+        net = layout.build_torchvision().to(device)
+        tensors = layout.translate(load_all(files, device, described))
+        return net.eval(), load_into(
+            net, tensors, include=include, exclude=exclude, rename=rename, strict=strict, source=described
+        )
+    if "class_path" in document:
+        spec: ArchitectureSpec = class_path_spec(document, config_path)
+        build_document = {"config": document["init_args"]}
+    else:
+        spec, build_document = architecture_of_config(document, config_path), document
+    skeleton = meta_skeleton(spec, build_document, config_path)
     if skeleton is not None:
-        check_config_size(skeleton, header, spec, config_path, weights_path)
-    tensors = load_weights(weights_path, device, described)
+        check_config_size(skeleton, header, spec, config_path, files[0])
+    tensors = load_all(files, device, described)
     net, report = build_and_load(
-        spec, document, skeleton, tensors, device, include, exclude, rename, strict, described
+        spec, build_document, skeleton, tensors, device, include, exclude, rename, strict, described
     )
     return net.eval(), report
+
+
+def _read_document(config_path: Path | None, *, mandatory: bool, described: str) -> dict[str, Any] | None:
+    """The source's config.json: checked when it is ours, as it is when foreign (timm's), ``None`` when absent."""
+    if config_path is None:
+        if mandatory:
+            raise FileNotFoundError(
+                f"{described} has weights but no {CONFIG_NAME}, so there is no network to build; build it yourself "
+                "and load into it: load_pretrained(source, into=net)"
+            )
+        return None
+    document = read_json(config_path)
+    if is_ours(document) or (mandatory and timm_layout(document) is None):
+        return read_config(config_path)  # raises "not a lightning-dnn config" for a foreign one
+    return document
 
 
 def resolve_source(
@@ -172,10 +219,11 @@ def resolve_source(
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
 ) -> tuple[Path, str]:
-    """Turn ``source`` into a local folder holding config.json and model.safetensors (downloading if needed).
+    """Turn ``source`` into a local folder holding the weights (downloading if needed), or the file given.
 
     Returns:
-        ``(folder, description)``, the description naming the source for messages.
+        ``(folder, description)``, the description naming the source for messages; for a local ``.safetensors``
+        file, ``(file, description)``.
 
     Raises:
         see :func:`load_pretrained`.
@@ -225,11 +273,15 @@ def resolve_source(
             f"`revision`={revision!r} applies to hf:// sources only, not to the local folder {source!r}"
         )
     folder = Path(source)
+    if folder.is_file() and folder.name.endswith(".safetensors"):
+        return folder, f"file {str(folder)!r}"
     if not folder.is_dir():
         hint = ""
         if isinstance(source, str) and REPO_ID.fullmatch(source):
             hint = f" For a Hub repo write 'hf://{source}'."
-        raise FileNotFoundError(f"`source` {str(source)!r} is not an existing folder.{hint}")
+        raise FileNotFoundError(
+            f"`source` {str(source)!r} is not an existing folder or .safetensors file.{hint}"
+        )
     _check_local_folder(folder)
     return folder, f"local folder {str(folder)!r}"
 
@@ -336,12 +388,12 @@ def _local_mismatch_error(
 
 
 def _check_local_folder(folder: Path) -> None:
-    if (folder / WEIGHTS_NAME).is_file():
+    if (folder / WEIGHTS_NAME).is_file() or (folder / INDEX_NAME).is_file():
         return
     pickles = find_pickle_files(p.name for p in folder.iterdir() if p.is_file())
     if pickles:
         raise UnsafeWeightsError(unsafe_weights_message(f"Folder {str(folder)!r}", pickles), pickles)
     raise FileNotFoundError(
-        f"Folder {str(folder)!r} has no {WEIGHTS_NAME} (a lightning-dnn folder holds {CONFIG_NAME}, "
-        f"{WEIGHTS_NAME} and README.md, written by lightning_dnn.hub.save_pretrained)"
+        f"Folder {str(folder)!r} has no {WEIGHTS_NAME} (nor a sharded {INDEX_NAME}); a lightning-dnn folder "
+        f"holds {CONFIG_NAME}, {WEIGHTS_NAME} and README.md, written by lightning_dnn.hub.save_pretrained"
     )

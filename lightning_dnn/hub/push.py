@@ -153,9 +153,7 @@ def _upload(
     endpoint: str | None,
 ) -> CommitInfo:
     document = read_config(folder / CONFIG_NAME)
-    message = (
-        commit_message or f"Upload {document['architecture']} (lightning-dnn {__version__})"
-    )
+    message = commit_message or f"Upload {document['architecture']} (lightning-dnn {__version__})"
     operations = []
     for name in HUB_FILES:
         if name == CARD_NAME and readme is not None:

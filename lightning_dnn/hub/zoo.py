@@ -127,7 +127,9 @@ def load_zoo_index(path: str | os.PathLike[str] | None = None) -> dict[str, ZooE
     models = document.get("models") if isinstance(document, dict) else None
     if not isinstance(models, dict):
         raise ValueError(f"Zoo index {str(index_path)!r} must be a JSON object with a 'models' object")
-    root = _PACKAGE_ROOT if index_path.resolve() == PACKAGED_INDEX_PATH else index_path.resolve().parent.parent
+    root = (
+        _PACKAGE_ROOT if index_path.resolve() == PACKAGED_INDEX_PATH else index_path.resolve().parent.parent
+    )
     return {name: _entry(name, raw, root, index_path) for name, raw in models.items()}
 
 
