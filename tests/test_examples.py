@@ -19,6 +19,9 @@ TINY_ARGS: dict[str, list[str]] = {
     "main_job.py": ["--samples-per-class", "5", "--epochs", "2", "--seeds", "0"],
     "finetune_digits.py": ["--samples-per-class", "5", "0", "--epochs", "2", "--seeds", "0"],
     "sparse_digits.py": ["--epochs", "2", "--l1", "0.05"],
+    "compare.py": ["all", "--tiny", "--out", "comparisons"],  # relative: lands in the runner's tmp cwd
+    "finetune_resnet.py": ["--train-samples", "48", "--test-samples", "16", "--size", "16", "--head-epochs", "1",
+                           "--epochs", "2", "--out", "curve.png"],
 }
 
 _NUMBER = r"(\d+\.\d+)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ class _Pass:
     size: int
     plan: TrunkPlan | None
     built: Built | None = None
+    whole: list[Any] = field(default_factory=list)  # the LightningModule's own forward on the first chunk
     templates: list[Tensor] = field(default_factory=list)
 
 
@@ -143,6 +144,7 @@ def _first_chunk(job: _Pass, x: Any, rest: list[Tensor] | None) -> Tensor | None
         return None
     plan, output, features = found
     _check_cut(job, plan, output, features)
+    _check_forward(job, plan, features)
     job.templates = [features[:1], *(r[:1] for r in rest or [])]
     full_rest = job.data.rest_full if job.data.rest_full is not None else rest or []
     rows = [features[0], *(r[0] for r in full_rest)]
@@ -155,13 +157,14 @@ def _features(job: _Pass, x: Any) -> tuple[TrunkPlan, Any, Tensor] | None:
     session = job.session
     module, name = session.module, session.network_name
     network = module.get_submodule(name)
+    call = _whole_forward(module, network, job.whole) if name and _defines_forward(module) else None
     try:
         if job.plan is not None:
-            return (job.plan, *capture_boundary(module, job.plan, x))
+            return (job.plan, *capture_boundary(module, job.plan, x, call))
         frozen = {n for n, m in module.named_modules() if all(not p.requires_grad for p in m.parameters())}
         frozen.add(f"{name}.{METHOD}".lstrip("."))
         output, trace, captured = trace_forward(
-            network, name, x, method=session.options.method, capture=frozen.__contains__
+            network, name, x, method=session.options.method, capture=frozen.__contains__, call=call
         )
     except NotImplementedError as err:
         raise TypeError(
@@ -182,11 +185,22 @@ def _check_cut(job: _Pass, plan: TrunkPlan, output: Any, features: Tensor) -> No
     check.apply(module, plan)
     try:
         replay = module.get_submodule(job.session.network_name)(features)
+    except Exception:  # the layers after the cut cannot take the features: a failed check
+        replay = None
     finally:
         check.remove()
-    diff, scale = max_difference(output, replay), max_difference(output, _zeros_like(output))
+    diff = float("inf") if replay is None else max_difference(output, replay)
+    scale = max_difference(output, _zeros_like(output))
     exact = features.dtype in (torch.float32, torch.float64)
     tol = 1e-5 + 1e-4 * scale if exact else 1e-3 + 1e-2 * scale
+    if not job.session.runtime.all_agree(replay is not None):
+        raise CutRejected(
+            f"FeatureCache: the layers after {plan.boundary} cannot run on its output (cached): the network's "
+            "forward transforms the trunk's output with code that is not a module (e.g. a reshape, a class token) "
+            "before the head. Choose a lower boundary, or give the network forward_features/forward_head and use "
+            "boundary='forward_features'.",
+            plan,
+        )
     if not job.session.runtime.all_agree(diff <= tol):
         raise CutRejected(
             f"FeatureCache: the network's output computed from the cached output of {plan.boundary} differs from "
@@ -195,6 +209,77 @@ def _check_cut(job: _Pass, plan: TrunkPlan, output: Any, features: Tensor) -> No
             "nn.Sequential-like network, or use boundary='forward_features' with forward_features/forward_head.",
             plan,
         )
+
+
+def _whole_forward(
+    module: torch.nn.Module, network: torch.nn.Module, whole: list[Any]
+) -> Callable[[Any], Any]:
+    """A function of the inputs that runs ``module(x)`` (kept in ``whole``) and returns the network's output.
+
+    A forward that cannot take the inputs alone, or that does not call the network exactly once, is replaced
+    by the network itself (and ``whole`` stays empty: nothing to check).
+    """
+
+    def run(x: Any) -> Any:
+        box: list[Any] = []
+        handle = network.register_forward_hook(lambda m, args, out: box.append(out))
+        try:
+            out = module(x)
+        except (TypeError, NotImplementedError):
+            if box:
+                raise
+            return network(x)
+        finally:
+            handle.remove()
+        if len(box) != 1:
+            return box[-1] if box else network(x)
+        whole.append(out)
+        return box[0]
+
+    return run
+
+
+def _check_forward(job: _Pass, plan: TrunkPlan, features: Tensor) -> None:
+    """Raise :class:`CutRejected` when the LightningModule's own ``forward`` changes the inputs before the network.
+
+    Only when the network is a child and the module's class defines ``forward`` (run on the first chunk with
+    the network, see :func:`_whole_forward`): ``module(features)`` with the trunk skipped must reproduce
+    ``module(inputs)``.
+    """
+    if not job.whole:
+        return
+    module, name, expected = job.session.module, job.session.network_name, job.whole[0]
+    check = Shadow()
+    check.apply(module, plan)
+    try:
+        replay = module(features)
+    except Exception:  # a forward that cannot run on features fails the check
+        replay = None
+    finally:
+        check.remove()
+    diff = float("inf") if replay is None else max_difference(expected, replay)
+    scale = max_difference(expected, _zeros_like(expected))
+    exact = features.dtype in (torch.float32, torch.float64)
+    tol = 1e-5 + 1e-4 * scale if exact else 1e-3 + 1e-2 * scale
+    if not job.session.runtime.all_agree(diff <= tol):
+        raise CutRejected(
+            f"FeatureCache: {type(module).__name__}.forward changes the inputs before calling {name} (max |diff| "
+            f"{diff:.3g} between forward(cached output of {plan.boundary}) and forward(inputs)): preprocessing "
+            f"such as `self.{name}((x - mean) / std)` would be applied to the cached features a second time. Move "
+            f"it into a module at the start of {name} (e.g. nn.Sequential(Normalize(), backbone)) or into the "
+            "dataset's transform.",
+            plan,
+        )
+
+
+def _defines_forward(module: torch.nn.Module) -> bool:
+    """Whether a user class in the module's MRO defines ``forward`` (not torch's or Lightning's own)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.split(".")[0] in ("torch", "pytorch_lightning", "lightning"):
+            continue
+        if "forward" in vars(cls):
+            return True
+    return False
 
 
 def _write(job: _Pass, view: int, step: int, feats: Tensor | None, rest: list[Tensor] | None) -> None:

@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -200,11 +203,16 @@ def _dataset_tensors(dataset: Any) -> list[Tensor] | None:
 
 
 def random_transforms(dataset: Any) -> list[str]:
-    """Class names of random-looking transforms attached to ``dataset`` (torchvision style), outermost first.
+    """Names of random-looking transforms held anywhere in ``dataset``, outermost first.
+
+    Walks the dataset's attributes (any name, not only ``transform``), containers (lists, tuples, dicts,
+    ``Compose``), wrapped datasets (``Subset``, ``ConcatDataset``, a ``.dataset`` of a user wrapper), modules
+    (torchvision v2 transforms) and functions (their closures and the names they call: a lambda that calls
+    ``torch.rand`` is random), with a depth and visited guard; tensors and arrays are not looked into.
 
     Example:
         >>> from torchvision.transforms import v2
-        >>> ds = torch.utils.data.TensorDataset(torch.zeros(2)); ds.transform = v2.Compose([v2.RandomCrop(2)])
+        >>> ds = torch.utils.data.TensorDataset(torch.zeros(2)); ds.t = v2.Compose([v2.RandomCrop(2)])
         >>> random_transforms(ds)
         ['RandomCrop']
     """
@@ -212,21 +220,59 @@ def random_transforms(dataset: Any) -> list[str]:
     seen: set[int] = set()
 
     def walk(obj: Any, depth: int) -> None:
-        if obj is None or depth > 6 or id(obj) in seen or isinstance(obj, str | bytes | Tensor):
+        if depth > _DEPTH or id(obj) in seen or isinstance(obj, _OPAQUE) or type(obj).__module__ == "numpy":
             return
         seen.add(id(obj))
-        if isinstance(obj, list | tuple):
-            for item in obj:
-                walk(item, depth + 1)
-            return
-        name = type(obj).__name__
-        if _RANDOM.search(name):
-            found.append(name)
-        for attr in ("transform", "transforms", "target_transform", "dataset", "datasets"):
-            walk(getattr(obj, attr, None), depth + 1)
+        for child in _children(obj, found):
+            walk(child, depth + 1)
 
     walk(dataset, 0)
     return found
+
+
+_DEPTH = 8
+_OPAQUE = (type(None), str, bytes, int, float, bool, complex, Tensor, type)
+_RANDOM_CALLS = frozenset(
+    "rand randn randint randperm rand_like randn_like randint_like random random_ uniform uniform_ normal "
+    "normal_ shuffle choice choices bernoulli multinomial integers".split()
+)
+
+
+def _children(obj: Any, found: list[str]) -> list[Any]:
+    """The objects ``obj`` holds (at most 64 items of a container); random transforms found are appended."""
+    if isinstance(obj, list | tuple | set | frozenset):
+        return list(itertools.islice(obj, 64))
+    if isinstance(obj, dict):
+        return list(itertools.islice(obj.values(), 64))
+    if isinstance(obj, types.FunctionType | types.MethodType | functools.partial):
+        return _function_children(obj, found)
+    name = type(obj).__name__
+    if _RANDOM.search(name):
+        found.append(name)
+    attrs = getattr(obj, "__dict__", None)
+    return list(itertools.islice(attrs.values(), 64)) if isinstance(attrs, dict) else []
+
+
+def _function_children(obj: Any, found: list[str]) -> list[Any]:
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()]
+    if isinstance(obj, types.MethodType):
+        return [obj.__func__, obj.__self__]
+    code = obj.__code__
+    names = [n for n in code.co_names if n in _RANDOM_CALLS]
+    if names:
+        found.append(f"{obj.__qualname__} (calls {names[0]})")
+    cells = [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
+    globals_used = [obj.__globals__[n] for n in code.co_names if n in obj.__globals__]
+    return cells + [g for g in globals_used if not isinstance(g, types.ModuleType)]
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - raises ValueError on an empty cell
+    except ValueError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- batch order --

@@ -134,11 +134,18 @@ def find_network(pl_module: nn.Module, boundary: str | None) -> tuple[str, str |
 
 
 def trace_forward(
-    network: nn.Module, network_name: str, x: Any, *, method: bool, capture: Callable[[str], bool]
+    network: nn.Module,
+    network_name: str,
+    x: Any,
+    *,
+    method: bool,
+    capture: Callable[[str], bool],
+    call: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, Trace, dict[str, Tensor]]:
     """Run ``network(x)`` once, recording its module calls and the outputs of the modules ``capture`` selects.
 
-    With ``method``, the calls made inside ``network.forward_features`` are grouped under one pseudo-call whose
+    ``call`` replaces ``network`` as the function run on ``x`` (it must return the network's output). With
+    ``method``, the calls made inside ``network.forward_features`` are grouped under one pseudo-call whose
     output is captured under the name ``"<network>.forward_features"``.
     """
     root = _Call(network_name)
@@ -185,7 +192,7 @@ def trace_forward(
 
     try:
         with instance_attr(network, METHOD, window) if method else contextlib.nullcontext():
-            output = network(x)
+            output = (call or network)(x)
     finally:
         for h in handles:
             h.remove()
@@ -223,9 +230,11 @@ def make_plan(
     """The longest frozen prefix of the traced calls, up to ``boundary`` (a module name) if given.
 
     The trunk is a prefix of the traced call sequence: the root's calls in order, descending into a container
-    that is only partly frozen, stopping at the first module that has trainable parameters, at the explicit
-    boundary, or at a module that runs more than once (shared by trunk and head). Trailing modules without
-    weights (activations, dropout) stay with the head unless the boundary names them.
+    that is only partly frozen, stopping at the first module that has trainable parameters or at the explicit
+    boundary. A module may run several times inside the trunk (the one ``relu`` of a torchvision residual
+    block); the prefix is shortened until every module in it has all its calls inside it (a module shared by
+    trunk and head stays with the head), and until the boundary runs once. Trailing modules without weights
+    (activations, dropout) stay with the head unless the boundary names them.
 
     Returns:
         ``(plan, complete)``: ``plan`` is ``None`` when nothing can be cached; ``complete`` says whether the
@@ -242,15 +251,16 @@ def make_plan(
         calls, complete = planner.walk(window.children, None)[0], False
     else:
         calls, complete = planner.walk(trace.root.children, boundary)
+    calls, complete = planner.enclosed(calls, complete)
     if boundary is None or not complete:  # trailing activations/dropout stay with the head
         while calls and not planner.stateful(calls[-1].name):
             calls.pop()
-    while calls and not calls[-1].tensor_out:
-        calls.pop()
+    while calls and not (calls[-1].tensor_out and planner.single(calls, calls[-1].name)):
+        calls.pop()  # the boundary's output is captured at its one call in the trunk
         complete = False
     if not calls or not any(planner.stateful(c.name) for c in calls):
         return None, False
-    trunk = tuple(c.name for c in calls)
+    trunk = tuple(dict.fromkeys(c.name for c in calls))
     return TrunkPlan(network_name, trunk[-1], trunk, trunk), complete
 
 
@@ -275,15 +285,38 @@ class _Planner:
         return self.counts.get(name, 0) <= 1
 
     def usable(self, call: _Call) -> bool:
-        return all(self.once(n) for n in _module_names(call)) and self.frozen(call.name)
+        return self.frozen(call.name)
+
+    def enclosed(self, calls: list[_Call], complete: bool) -> tuple[list[_Call], bool]:
+        """The longest prefix of ``calls`` in which every module has all its calls (none is shared with the head)."""
+        while calls:
+            inside: dict[str, int] = {}
+            for call in calls:
+                for name in _module_names(call):
+                    inside[name] = inside.get(name, 0) + 1
+            cut = next(
+                (i for i, c in enumerate(calls) if any(inside[n] < self.counts[n] for n in _module_names(c))),
+                None,
+            )
+            if cut is None:
+                return calls, complete
+            calls, complete = calls[:cut], False
+        return calls, complete
+
+    def single(self, calls: list[_Call], name: str) -> bool:
+        """Whether ``name`` is called exactly once among ``calls`` (and their sub-calls)."""
+        return sum(n == name for c in calls for n in _module_names(c)) == 1
 
     def whole_window(self, window: _Call, network_name: str) -> bool:
-        """Whether all of ``forward_features`` is frozen, runs each module once and returns a tensor."""
+        """Whether all of ``forward_features`` is frozen, holds all calls of its modules and returns a tensor."""
         names = [n for c in window.children for n in _module_names(c)]
         root = self.modules[network_name]
+        inside: dict[str, int] = {}
+        for n in names:
+            inside[n] = inside.get(n, 0) + 1
         return (
             window.tensor_out
-            and all(self.once(n) and self.frozen(n) for n in names)
+            and all(inside[n] == self.counts[n] and self.frozen(n) for n in names)
             and all(not p.requires_grad for p in root.parameters(recurse=False))
         )
 

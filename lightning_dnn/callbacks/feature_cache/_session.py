@@ -38,13 +38,14 @@ from lightning_dnn.callbacks.feature_cache._loaders import (
 from lightning_dnn.callbacks.feature_cache._plan import METHOD, Trace, TrunkPlan, find_network, make_plan
 from lightning_dnn.callbacks.feature_cache._runtime import Runtime
 from lightning_dnn.callbacks.feature_cache._store import FeatureStore, StorageKind, choose_storage
-from lightning_dnn.callbacks.feature_cache._trunk import Shadow, stochastic_modules
+from lightning_dnn.callbacks.feature_cache._trunk import Shadow, train_mode_modules
 
-__all__ = ["CacheEntry", "CacheOptions", "CacheSession", "Storage", "summarize"]
+__all__ = ["CacheEntry", "CacheOptions", "CacheSession", "Storage", "TrainMode", "summarize"]
 
 log = logging.getLogger(__name__)
 
 Storage = Literal["auto", "device", "pinned", "disk"]
+TrainMode = Literal["refuse", "allow"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class CacheOptions:
     batch_size: int | None = None
     data_id: str | None = None
     seed: int = 0
+    train_mode_trunk: TrainMode = "refuse"
 
     @property
     def method(self) -> bool:
@@ -138,6 +140,8 @@ class CacheSession:
         self._content: dict[tuple[Any, ...], str | None] = {}  # data content hashes by local identity
         self._run_nonce = uuid.uuid4().hex
         self._run_local: list[Path] = []  # disk entries under a run-local data key: deleted at close
+        self._train_modes: dict[str, bool] | None = None  # module name -> training, at the last training pass
+        self._mode_checked: set[TrunkPlan] = set()
 
     # ------------------------------------------------------------------------------------------- loaders --
     def wrap_train(self, loader: object, index: int) -> object:
@@ -193,9 +197,13 @@ class CacheSession:
     # ------------------------------------------------------------------------------------------- serving --
     def serve(self, key: str, data: Data) -> Served | None:
         """At the first batch of each pass over a wrapped loader: the cache to serve, or ``None`` (live)."""
+        if key == "train":
+            self._train_modes = {n: m.training for n, m in self.module.named_modules()}
         with self._shadow.suspended():  # a build runs the real trunk
             entry = self._ensure(key, data)
         if key == "train":
+            if entry is not None:
+                self._check_modes(entry.plan)
             self.train_entry, self.summary = entry, summarize(entry)
         if entry is None:
             self._shadow.remove()
@@ -316,18 +324,42 @@ class CacheSession:
             trainable = [n for n, p in network.named_parameters() if p.requires_grad]
             raise ValueError(
                 f"FeatureCache(boundary={self.options.boundary!r}): the layers up to {wanted} must be frozen "
-                f"(requires_grad=False) and output a tensor; cacheable up to: "
+                f"(requires_grad=False), output a tensor, and {wanted} must run once and no trunk module may run "
+                f"again after it (a module shared with the head); cacheable up to: "
                 f"{plan.boundary if plan else 'nothing'}. Trainable parameters of the network: "
                 f"{', '.join(trainable[:12]) or 'none'}. Freeze them (e.g. LayerFreezer) or choose a lower boundary."
             )
         self._checked = True
-        noisy = stochastic_modules(self.module, plan) if plan is not None and self.module.training else []
-        if plan is not None and noisy:
+        if plan is not None:
+            self._check_modes(plan)
+
+    def _check_modes(self, plan: TrunkPlan) -> None:
+        """Refuse (or, opted in, warn about) trunk layers that training would run in training mode.
+
+        Raises:
+            ValueError: batch norm, dropout or RReLU in the trunk in training mode with ``train_mode_trunk="refuse"``.
+        """
+        if self._train_modes is None or plan in self._mode_checked:
+            return
+        self._mode_checked.add(plan)
+        layers = train_mode_modules(self.module, plan, self._train_modes)
+        if not layers:
+            return
+        shown = ", ".join(layers[:8]) + (f" (+{len(layers) - 8} more)" if len(layers) > 8 else "")
+        if self.options.train_mode_trunk == "allow":
             self._warn_once(
-                plan.boundary,
-                f"FeatureCache: the cached trunk contains {', '.join(noisy)}, which is off (eval mode) in the "
-                "cached features, while a live run would apply it to the head's inputs.",
+                f"modes:{plan.boundary}",
+                f"FeatureCache(train_mode_trunk='allow'): the cached trunk holds layers in training mode ({shown}); "
+                "the cache is built in eval mode (running statistics, no dropout), unlike live training.",
             )
+            return
+        raise ValueError(
+            f"FeatureCache: the frozen trunk up to {plan.boundary} holds layers in training mode: {shown}. Live "
+            "training would normalize with batch statistics (batch norm) or drop activations (dropout), while the "
+            "cache is built in eval mode, so the head would train on other features. Freeze with LayerFreezer "
+            "(it keeps frozen normalization layers in eval mode), call `.eval()` on these layers before each "
+            "training epoch, or pass `FeatureCache(train_mode_trunk='allow')` to accept eval-mode features."
+        )
 
     # -------------------------------------------------------------------------------------- fingerprints --
     def _model_fingerprint(self, key: str, plan: TrunkPlan, views: int, data: Data) -> str:

@@ -1,16 +1,18 @@
 """Run the frozen trunk up to its boundary (:class:`TrunkRunner`), or skip it (:class:`Shadow`).
 
-Also the trunk's tensors (for the fingerprint) and its random modules (for a warning).
+Also the trunk's tensors (for the fingerprint) and its modules that depend on the training mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
 from lightning_dnn.callbacks.feature_cache._plan import (
@@ -28,7 +30,7 @@ __all__ = [
     "TrunkRunner",
     "capture_boundary",
     "max_difference",
-    "stochastic_modules",
+    "train_mode_modules",
     "trunk_tensors",
 ]
 
@@ -51,14 +53,35 @@ def trunk_tensors(pl_module: nn.Module, plan: TrunkPlan) -> list[tuple[str, Tens
     return out
 
 
-def stochastic_modules(pl_module: nn.Module, plan: TrunkPlan) -> list[str]:
-    """Trunk modules that would be random in training mode (dropout, RReLU): off in the cached features."""
+def train_mode_modules(pl_module: nn.Module, plan: TrunkPlan, modes: dict[str, bool]) -> list[str]:
+    """Trunk modules that behave otherwise in training mode and were in it (``modes``: name -> ``training``).
+
+    Batch norm (and other norms with running statistics) normalizes with the batch's statistics, dropout and
+    RReLU draw random numbers: the cache is built in eval mode, so live training would see other features.
+    """
     found = []
     for name in plan.trunk:
         for sub, m in pl_module.get_submodule(name).named_modules():
-            if (isinstance(m, _DropoutNd) and m.p > 0) or isinstance(m, nn.RReLU):
-                found.append(full_name(name, sub))
+            full = full_name(name, sub)
+            if modes.get(full, False) and _mode_dependent(m):
+                found.append(full)
     return found
+
+
+def _mode_dependent(m: nn.Module) -> bool:
+    if isinstance(m, _NormBase):
+        return bool(m.track_running_stats)
+    if isinstance(m, nn.MultiheadAttention):
+        return m.dropout > 0
+    if isinstance(m, _DropoutNd) or _DROP.search(
+        type(m).__name__
+    ):  # torchvision StochasticDepth, timm DropPath
+        p = getattr(m, "p", getattr(m, "drop_prob", 1.0))
+        return not isinstance(p, int | float) or p > 0
+    return isinstance(m, nn.RReLU)
+
+
+_DROP = re.compile(r"Dropout|DropPath|StochasticDepth|DropBlock")
 
 
 class TrunkRunner:
@@ -104,9 +127,12 @@ class TrunkRunner:
         return self._box.pop()
 
 
-def capture_boundary(pl_module: nn.Module, plan: TrunkPlan, x: Any) -> tuple[Any, Tensor]:
-    """Run the whole network on ``x``; return its output and the boundary's output."""
+def capture_boundary(
+    pl_module: nn.Module, plan: TrunkPlan, x: Any, call: Callable[[Any], Any] | None = None
+) -> tuple[Any, Tensor]:
+    """Run the whole network on ``x`` (through ``call`` if given); return its output and the boundary's output."""
     network = pl_module.get_submodule(plan.network)
+    run = call or network
     box: list[Tensor] = []
     if plan.method:
         original: Callable[..., Any] = getattr(network, METHOD)
@@ -117,7 +143,7 @@ def capture_boundary(pl_module: nn.Module, plan: TrunkPlan, x: Any) -> tuple[Any
             return out
 
         with instance_attr(network, METHOD, capture):
-            output = network(x)
+            output = run(x)
     else:
 
         def hook(module: nn.Module, args: Any, out: Tensor) -> None:
@@ -125,7 +151,7 @@ def capture_boundary(pl_module: nn.Module, plan: TrunkPlan, x: Any) -> tuple[Any
 
         handle = pl_module.get_submodule(plan.boundary).register_forward_hook(hook)
         try:
-            output = network(x)
+            output = run(x)
         finally:
             handle.remove()
     if len(box) != 1 or not isinstance(box[0], Tensor):

@@ -23,6 +23,7 @@ from lightning_dnn.callbacks.feature_cache._session import (
     CacheOptions,
     CacheSession,
     Storage,
+    TrainMode,
     summarize,
 )
 
@@ -84,9 +85,17 @@ class FeatureCache(StateKeyOnce):
     * **Checkpoints** hold the boundary, fingerprint and views (``state_dict``); the cache itself is rebuilt (or
       reused from disk) on resume, which continues as an uninterrupted run would.
 
+    * **Equivalence with live training**: a module may run several times inside the trunk (torchvision's
+      residual blocks call one ``relu`` two or three times); a module shared by trunk and head stays with the
+      head. When the LightningModule overrides ``forward`` and holds the network in a child, the check also
+      compares ``pl_module(cached features)`` with ``pl_module(inputs)``: preprocessing in ``forward`` (e.g.
+      ``self.net((x - mean) / std)``) would be applied twice and is refused; move it into a module at the start
+      of the network (or into the data). Trunk layers in training mode (batch norm, dropout) are refused, see
+      ``train_mode_trunk``.
+
     Limits: single-device and DDP strategies; one training loader (a DeviceBatchLoader or a DataLoader over a
-    map-style dataset); the cached features of a trunk shared with the head (a module called twice) are not
-    supported (the trunk stops before it). On GPUs each cached step is still one Lightning step: for a tiny
+    map-style dataset). A ``training_step`` that transforms the inputs itself before calling the network
+    (rather than through ``forward``) cannot be observed by the check: keep preprocessing in modules or data. On GPUs each cached step is still one Lightning step: for a tiny
     head the epoch is bound by per-step overhead, not by the trunk.
 
     Args:
@@ -105,6 +114,10 @@ class FeatureCache(StateKeyOnce):
             replaces the content hash in the disk cache key. Needed to reuse a disk cache across runs when the
             data is not held in tensors (a custom dataset).
         seed: seeds the augmented views.
+        train_mode_trunk: ``"refuse"`` (default) a trunk whose batch norm, dropout or RReLU layers the training
+            loop runs in training mode (frozen by hand with ``requires_grad_(False)``: live training would use
+            batch statistics and random masks, the cache uses eval mode); LayerFreezer keeps frozen
+            normalization layers in eval mode. ``"allow"``: cache the eval-mode features anyway, with a warning.
 
     Raises:
         TypeError, ValueError: invalid arguments. At fit start: an unsupported strategy or loader,
@@ -141,6 +154,7 @@ class FeatureCache(StateKeyOnce):
         batch_size: int | None = None,
         data_id: str | None = None,
         seed: int = 0,
+        train_mode_trunk: TrainMode = "refuse",
     ) -> None:
         super().__init__()
         if boundary is not None and (not isinstance(boundary, str) or not boundary):
@@ -164,6 +178,9 @@ class FeatureCache(StateKeyOnce):
             raise TypeError(f"`data_id` must be a non-empty string or None, got {data_id!r}")
         self.data_id = data_id
         self.seed = check_int("seed", seed, low=0)
+        self.train_mode_trunk: TrainMode = check_choice(  # type: ignore[assignment]
+            "train_mode_trunk", train_mode_trunk, ("refuse", "allow")
+        )
         self._session: CacheSession | None = None  # the fit in progress
         self._sources: SourceSwap | None = None
         self._summary: dict[str, Any] = summarize(None)  # the last cache in use, once its session is closed
@@ -229,6 +246,7 @@ class FeatureCache(StateKeyOnce):
             batch_size=self.batch_size,
             data_id=self.data_id,
             seed=self.seed,
+            train_mode_trunk=self.train_mode_trunk,
         )
         runtime = TrainerRuntime(trainer)
         session = CacheSession(runtime, pl_module, options, warned=self._warned, summary=self._summary)
