@@ -67,3 +67,15 @@ def test_sparse_example_reports_exact_zeros_only_for_ftrl(tmp_path: Path) -> Non
     assert float(adam.group(2)) == 0.0  # a dense optimizer never lands exactly on zero
     assert float(ftrl.group(2)) > 0.0  # FTRL's L1 sets weights to exact zeros
     assert 0.0 <= float(adam.group(1)) <= 1.0 and 0.0 <= float(ftrl.group(1)) <= 1.0
+
+
+def test_finetune_resnet_caches_the_head_then_unfreezes_top_down(tmp_path: Path) -> None:
+    out = _run("finetune_resnet.py", tmp_path)
+    rows = re.findall(r"^\s*(\d+) \| (\S+)\s+\| (\S+)\s+\|\s+(\d+\.\d+) \|\s+(\d+\.\d+)", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["0", "1"], out
+    # head first on features cached at layer4's output, then layer4 unfrozen: the cache moves down to layer3
+    assert (rows[0][1], rows[0][2]) == ("fc", "net.layer4"), out
+    assert (rows[1][1], rows[1][2]) == ("fc,layer4", "net.layer3"), out
+    accuracy = re.search(r"test accuracy: (\d\.\d+)", out)
+    assert accuracy and 0.0 <= float(accuracy.group(1)) <= 1.0
+    assert (tmp_path / "curve.png").stat().st_size > 1000
