@@ -6,11 +6,13 @@ Tiny mode uses scikit-learn's embedded digits, so these tests need no download a
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -118,7 +120,15 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("comparisons")
     compare = _load_example()
     assert list(compare.COMPARISONS) == list(EXPECTED)
-    compare.main(["all", "--tiny", "--out", str(out)])
+    # the script quiets Lightning's and our loggers for its own run: keep that from leaking into later tests
+    names = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "lightning_dnn", "")
+    levels = {name: logging.getLogger(name).level for name in names}
+    handlers = list(logging.getLogger().handlers)
+    with warnings.catch_warnings():
+        compare.main(["all", "--tiny", "--out", str(out)])
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().handlers[:] = handlers
     return out
 
 
