@@ -22,10 +22,14 @@ from tests.trainer_utils import quiet_trainer
 class Scripted(pl.LightningModule):
     """Trains a small BN network; the validation metric ``score`` is ``script[epoch]``, whatever the weights."""
 
-    def __init__(self, script: Sequence[float]) -> None:
+    def __init__(
+        self, script: Sequence[float], *, seed: int = 0, features: int = 4, hidden: int = 6, classes: int = 2
+    ) -> None:
         super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+        gen = torch.Generator().manual_seed(seed)
+        self.net = nn.Sequential(
+            nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, classes)
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)

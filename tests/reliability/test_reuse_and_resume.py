@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_dnn import DNNClassifier
 from lightning_dnn.callbacks import EarlyStopping, LayerFreezer
 from lightning_dnn.nn import MLP
+from tests.callbacks.test_early_stopping import Scripted as EarlyStoppingScripted
 from tests.reliability import _sigkill_worker as worker
 from tests.trainer_utils import quiet_trainer
 
@@ -165,27 +166,11 @@ def test_a_milestone_that_selects_only_user_frozen_parameters_says_why(tmp_path:
 
 
 # -------------------------------------------------------------------- 2. EarlyStopping reused across fits --
-class Scripted(pl.LightningModule):
-    """A small BN network; the validation metric ``score`` is ``script[epoch]``, whatever the weights."""
+class Scripted(EarlyStoppingScripted):
+    """The EarlyStopping tests' scripted module on this file's data: 6 features, 8 hidden units, 3 classes."""
 
     def __init__(self, script: Sequence[float], seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-        with torch.no_grad():
-            for p in self.net.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        self.script = list(script)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("score", self.script[self.current_epoch])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        super().__init__(script, seed=seed, features=6, hidden=8, classes=3)
 
 
 def fit_scripted(
