@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.transforms import v2
 
+from bench.torchvision_sweep import EvalStochasticDepth
 from lightning_dnn.callbacks import LayerFreezer
 from lightning_dnn.callbacks.feature_cache import FeatureCache
 from tests.trainer_utils import quiet_trainer_kwargs
@@ -48,15 +49,6 @@ class UserModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.05)
-
-
-class EvalStochasticDepth(Callback):
-    """The documented fix for stochastic depth in a frozen trunk (random in training mode): ``.eval()`` on it."""
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for m in pl_module.modules():
-            if isinstance(m, torchvision.ops.StochasticDepth):
-                m.eval()
 
 
 def images(size: int, n: int = N, seed: int = 1) -> TensorDataset:
