@@ -39,9 +39,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
+from typing_extensions import Self
+
 __all__ = [
     "LFS_SUFFIXES",
     "BuiltRepo",
+    "LoopbackHTTPServer",
     "OlahServer",
     "StallServer",
     "StatusServer",
@@ -374,7 +377,28 @@ class StallServer:
         self.sock.close()
 
 
-class StatusServer:
+class LoopbackHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving ``handler``; a context manager.
+
+    Subclasses build their request handler class and pass it to ``__init__``; ``url`` is the server's address.
+    """
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class StatusServer(LoopbackHTTPServer):
     """Answers every request with ``status`` and an empty body; records ``(method, path)`` of each request."""
 
     def __init__(self, status: int) -> None:
@@ -393,15 +417,4 @@ class StatusServer:
 
             do_GET = do_HEAD = _answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> StatusServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)

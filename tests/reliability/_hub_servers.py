@@ -9,17 +9,16 @@ huggingface_hub talks to over HTTP; nothing inside the client is replaced except
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import pytest
 
-from bench.olah_server import StallServer, StatusServer, closed_port_url
+from bench.olah_server import LoopbackHTTPServer, StallServer, StatusServer, closed_port_url
 
 __all__ = [
     "BackoffRecorder",
@@ -33,7 +32,7 @@ __all__ = [
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class TruncatingProxy:
+class TruncatingProxy(LoopbackHTTPServer):
     """Forward to ``upstream``; break GETs of paths ending with ``victim`` halfway, then answer 500 to retries.
 
     The weights are sent with their real headers (full Content-Length) but only half of the body before the
@@ -88,18 +87,7 @@ class TruncatingProxy:
                     return
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> TruncatingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 class BackoffRecorder:
