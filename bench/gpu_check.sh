@@ -33,7 +33,10 @@ step loop_speed 170 python3 -m bench.loop_speed --epochs 4 --repeats 1 \
     --variants raw-control pl-floor ours-quiet ours typical
 step callback_overhead 100 python3 -m bench.callback_overhead --quick --device cuda
 step feature_cache 150 python3 -m bench.feature_cache --quick --device cuda
+# the transfer study on Fashion-MNIST, one seed, variants a-d (pretraining included) on the GPU
+step transfer_study 90 python3 examples/transfer_study.py --dataset fashion-mnist --data-dir "$FASHION_MNIST_DIR" \
+    --seeds 1 --variants a b c d --trainer.accelerator gpu --out "$OUT/transfer_study"
 for f in "$OUT"/loop_speed.txt "$OUT"/callback_overhead.txt "$OUT"/feature_cache.txt "$OUT"/tests.txt \
-    "$OUT"/fsdp_check.txt; do
+    "$OUT"/fsdp_check.txt "$OUT"/transfer_study.txt; do
     [ -f "$f" ] && { echo "---- $f"; grep -E '^\||passed|failed|error|Error|machine|overhead|PASS|FAIL' "$f" | tail -n 30; }
 done

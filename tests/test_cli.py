@@ -15,7 +15,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_there_are_the_four_configs():
-    assert {p.stem for p in CONFIGS} == {"tf1_notebook", "chapter_defaults", "sparse_ftrl", "fast_leaky"}
+    assert {p.stem for p in CONFIGS} == {"tf1_notebook", "chapter_defaults", "sparse_ftrl", "fast_leaky",
+                                         "transfer_study_pretrain", "transfer_study_scratch"}
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")

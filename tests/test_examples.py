@@ -22,6 +22,7 @@ TINY_ARGS: dict[str, list[str]] = {
     "compare.py": ["all", "--tiny", "--out", "comparisons"],  # relative: lands in the runner's tmp cwd
     "finetune_resnet.py": ["--train-samples", "48", "--test-samples", "16", "--size", "16", "--head-epochs", "1",
                            "--epochs", "2", "--out", "curve.png"],
+    "transfer_study.py": ["--tiny", "--seeds", "1", "--out", "transfer_study"],
 }
 
 _NUMBER = r"(\d+\.\d+)"

@@ -53,7 +53,7 @@ DEFAULT_LICENSE = "apache-2.0"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 # Hub dataset ids of the data modules' sources (the card's front matter); others keep the data module's name.
 _DATASET_IDS = {"Fashion-MNIST": "fashion_mnist", "MNIST": "mnist", "digits": "digits"}
-_METRIC_NAMES = {"acc": "accuracy", "loss": "loss"}
+_METRIC_NAMES = {"acc": "accuracy", "accuracy": "accuracy", "loss": "loss", "mse": "mse"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def build_entry(
     output: str | os.PathLike[str] | None = None,
     max_epochs: int | None = None,
     tolerance: float = 0.01,
-    check: Sequence[str] = ("test_accuracy",),
+    check: Sequence[str] | None = None,
     force: bool = False,
     repo_id: str | None = None,
     work_dir: str | os.PathLike[str] | None = None,
@@ -149,7 +149,8 @@ def build_entry(
         max_epochs: override the recipe's ``trainer.max_epochs`` (only with ``output``: the zoo's weights come
             from the recipe as written).
         tolerance: the largest accepted absolute difference of a checked metric, ``>= 0``.
-        check: the metrics compared against ``tolerance``; the others are reported only.
+        check: the metrics compared against ``tolerance``; the others are reported only. ``None``:
+            ``test_accuracy``, or ``test_loss`` for a model that logs no accuracy (an autoencoder).
         force: write into the zoo even when a checked metric is outside ``tolerance``.
         repo_id: the Hub repo of a new entry (default ``"lightning-dnn/<name>"``); an existing entry keeps its own.
         work_dir: where Lightning writes logs and checkpoints (default: a temporary folder, deleted).
@@ -176,7 +177,7 @@ def build_entry(
             raise ValueError(
                 "`max_epochs` changes the recipe, so the result cannot replace the zoo entry; give `output` too"
             )
-    if isinstance(check, str) or not all(isinstance(c, str) for c in check):
+    if check is not None and (isinstance(check, str) or not all(isinstance(c, str) for c in check)):
         raise TypeError(f"`check` must be a list of metric names, got {check!r}")
     entries = _read_index(index_path)
     entry = entries.get(name)
@@ -199,6 +200,8 @@ def build_entry(
         metadata["zoo_name"] = name
         card = card_options(name, recipe_path)
         staging = save_pretrained(net, Path(tmp) / name, card=card, metadata=metadata)
+        if check is None:
+            check = ("test_accuracy",) if "test_accuracy" in metrics else ("test_loss",)
         result = BuildResult(
             name=name,
             metrics=metrics,
@@ -252,12 +255,12 @@ def train_recipe(
     if _has_validation_split(data):
         metrics.update(_renamed(trainer.validate(model, datamodule=data, verbose=False)))
     metrics.update(_renamed(trainer.test(model, datamodule=data, verbose=False)))
-    net = getattr(model, "net", model)
+    net = _trained_network(model)
     metadata: dict[str, Any] = {}
     info = getattr(data, "info", None)
     if info is not None:
         metadata["dataset"] = _DATASET_IDS.get(info.name, info.name)
-    if hasattr(data, "class_names"):
+    if hasattr(data, "class_names") and net is getattr(model, "net", None):  # a classifier's classes
         metadata["classes"] = list(data.class_names)
         metadata["labels"] = (
             list(data.classes) if data.classes is not None else list(range(len(data.class_names)))
@@ -338,6 +341,15 @@ def _unknown_entry(name: str, entries: Mapping[str, ZooEntry], zoo_dir: Path) ->
         f"Unknown zoo entry {name!r}.{hint} Known: {', '.join(sorted(known)) or '(none)'}. A new entry needs "
         f"{str(zoo_dir / str(name) / RECIPE_NAME)!r}."
     )
+
+
+def _trained_network(model: Any) -> nn.Module:
+    """The network a zoo entry publishes: a classifier's ``net``, a pretraining module's ``encoder``."""
+    for attribute in ("net", "encoder"):
+        net = getattr(model, attribute, None)
+        if isinstance(net, nn.Module):
+            return net
+    return model  # type: ignore[no-any-return]
 
 
 def _renamed(results: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         "--check",
         action="append",
         metavar="METRIC",
-        help="a metric compared with --tolerance (repeatable; default test_accuracy)",
+        help="a metric compared with --tolerance (repeatable; default test_accuracy, or test_loss for a model "
+        "without accuracy)",
     )
     build.add_argument("--recipe", type=Path, help="train with this recipe instead of zoo/NAME/recipe.yaml")
     build.add_argument("--work-dir", type=Path, help="keep Lightning's logs and checkpoints here")
@@ -311,7 +312,7 @@ def _build(args: argparse.Namespace) -> int:
             output=args.output,
             max_epochs=args.max_epochs,
             tolerance=args.tolerance,
-            check=tuple(args.check or ("test_accuracy",)),
+            check=tuple(args.check) if args.check else None,
             force=args.force,
             repo_id=args.repo_id,
             work_dir=args.work_dir,

@@ -85,7 +85,7 @@ def test_list_shows_every_entry_with_repo_accuracy_license_and_offline_mark(
         assert row.split() == [
             name,
             entry.repo_id,
-            f"{entry.metrics['test_accuracy']:.4f}",
+            f"{entry.metrics['test_accuracy']:.4f}" if "test_accuracy" in entry.metrics else "-",
             "apache-2.0",
             "local",
         ]
