@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: sets up .venv (once, and again when pyproject.toml changes), then runs.
 #   ./run.sh demo      the main job (offline, on scikit-learn's embedded digits data)
-#   ./run.sh test      ruff + mypy + the whole test suite (what CI runs)
+#   ./run.sh test      ruff + mypy + the whole test suite, then tests/callbacks under lightning.pytorch (what CI runs)
 #   ./run.sh <cmd...>  any command inside the environment, e.g. ./run.sh lightning-dnn fit --config ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -36,7 +36,13 @@ case "$cmd" in
     echo "[run.sh] mypy" >&2
     mypy
     echo "[run.sh] pytest" >&2
-    exec python -m pytest -q "$@"
+    if [ $# -gt 0 ]; then
+      exec python -m pytest -q "$@"
+    fi
+    python -m pytest -q
+    # the callback tests again with lightning.pytorch instead of pytorch_lightning (docs/LIGHTNING_PACKAGES.md)
+    echo "[run.sh] pytest tests/callbacks under lightning.pytorch" >&2
+    LIGHTNING_DNN_TEST_PACKAGE=lightning exec python -m pytest -q tests/callbacks
     ;;
   *)
     exec "$cmd" "$@"

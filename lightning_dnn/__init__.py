@@ -13,10 +13,12 @@ from lightning_dnn.callbacks import (
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP, get_activation, variance_scaling_
 from lightning_dnn.optim import FTRL, build_optimizer
+from lightning_dnn.pretrain import Autoencoder, PairDataModule, SiamesePretrainer
 
 __all__ = [
     "FTRL",
     "MLP",
+    "Autoencoder",
     "DNNClassifier",
     "EarlyStopping",
     "FeatureCache",
@@ -24,6 +26,8 @@ __all__ = [
     "LayerFreezer",
     "LearningCurves",
     "MaxNorm",
+    "PairDataModule",
+    "SiamesePretrainer",
     "__version__",
     "build_optimizer",
     "get_activation",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = [
     "EpochSums",

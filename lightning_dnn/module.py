@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
@@ -37,11 +33,17 @@ from lightning_dnn._classifier import (
     has_validation,
     split_batch,
 )
+from lightning_dnn._lightning import LightningModule, api, rank_zero_info, rank_zero_warn
 from lightning_dnn._selection import compile_patterns
 from lightning_dnn._specs import NetSpec, resolve_net, resolve_optimizer, resolve_schedule
 from lightning_dnn.regularization import WeightPenalty
 
 __all__ = ["DNNClassifier"]
+
+if TYPE_CHECKING:
+    from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+else:  # LightningCLI resolves these annotations at run time
+    LRSchedulerCallable, OptimizerCallable = api("cli").LRSchedulerCallable, api("cli").OptimizerCallable
 
 OptimizerLike = str | dict[str, Any] | OptimizerCallable
 ScheduleLike = str | dict[str, Any] | LRSchedulerCallable
@@ -51,7 +53,7 @@ _CHECKPOINT_KEY = "dnn_classifier_train_epoch_sums"  # the running sums of an ep
 _STAGE_WORDS = {"train": "training", "val": "validation", "test": "test"}
 
 
-class DNNClassifier(pl.LightningModule):
+class DNNClassifier(LightningModule):
     """Train any network that maps inputs to class logits: cross-entropy, accuracy, optimizer, schedule, L1/L2.
 
     Batches are ``(x, y)`` with ``y`` the integer class labels (``predict`` also takes ``x`` alone). Logged, per
@@ -327,7 +329,7 @@ class DNNClassifier(pl.LightningModule):
         """Restore an unfinished epoch's sums when a fit resumes (process 0 takes them, the others zeros)."""
         state = checkpoint.get(_CHECKPOINT_KEY)
         trainer = self._trainer
-        if state is None or trainer is None or trainer.state.fn != TrainerFn.FITTING:
+        if state is None or trainer is None or trainer.state.fn != "fit":
             return
         self._sums["train"].load_state_dict(state, keep=trainer.global_rank == 0)
 

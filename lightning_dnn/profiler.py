@@ -14,12 +14,18 @@ The ``lightning-dnn`` CLI uses it unless the config names a profiler; in your ow
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytorch_lightning.profilers import PassThroughProfiler
 from typing_extensions import override
 
+from lightning_dnn._lightning import api
+
 __all__ = ["NoOpProfiler"]
+
+if TYPE_CHECKING:
+    from pytorch_lightning.profilers import PassThroughProfiler
+else:  # the primary package's; a Trainer of either package takes any profiler
+    PassThroughProfiler = api("profilers").PassThroughProfiler
 
 
 class NoOpProfiler(PassThroughProfiler):

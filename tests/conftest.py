@@ -3,6 +3,11 @@
 import pytest
 import torch
 
+from tests._lightning_alias import install, requested
+
+if requested() is not None:  # LIGHTNING_DNN_TEST_PACKAGE=lightning: the tests' pytorch_lightning is lightning.pytorch
+    install()
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

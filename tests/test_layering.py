@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_dnn"
 #: Top-level part of a module name (after ``lightning_dnn.``) -> layer. A new top-level module must be placed here.
 LAYERS: dict[str, int] = {
     "_checks": 0,
+    "_lightning": 0,
     "_registry": 0,
     "_selection": 0,
     "_version": 0,
@@ -33,6 +34,7 @@ LAYERS: dict[str, int] = {
     "module": 3,
     "callbacks": 3,
     "profiler": 3,
+    "pretrain": 3,
     "hub": 4,
     "cli": 5,
 }
@@ -120,10 +122,23 @@ def test_imports_flow_down(module: str) -> None:
     assert not wrong, f"{module} imports upwards or sideways: {wrong}"
 
 
+def test_one_module_imports_the_lightning_packages() -> None:
+    """Only ``_lightning`` imports ``pytorch_lightning``/``lightning`` at run time (docs/LIGHTNING_PACKAGES.md), so a
+    user with one of the two packages never imports the other; type-only imports are exempt."""
+    importers = {
+        module: sorted(t for t in targets if t.split(".")[0] in ("pytorch_lightning", "lightning"))
+        for module, targets in GRAPH.items()
+        if module != "lightning_dnn._lightning"
+    }
+    bad = {m: t for m, t in importers.items() if t}
+    assert not bad, f"import Lightning through lightning_dnn._lightning: {bad}"
+
+
 def test_named_rules_of_the_design() -> None:
     """The rules the issue names, spelled out so that a change to LAYERS cannot quietly relax them."""
     forbidden = {
         "callbacks": {"data", "hub", "cli", "module"},
+        "pretrain": {"hub", "cli", "module", "callbacks"},
         "hub": {"callbacks", "module", "cli", "data"},
         "nn": {"callbacks", "hub", "cli", "module", "data"},
         "optim": {"callbacks", "hub", "cli", "module", "data"},

@@ -1,4 +1,7 @@
-"""The quiet Trainer the tests build: CPU, one device, no logger, progress bar, checkpointing or model summary."""
+"""The quiet Trainer the tests build: CPU, one device, no logger, progress bar, checkpointing or model summary.
+
+``pl`` is ``lightning.pytorch`` under ``LIGHTNING_DNN_TEST_PACKAGE=lightning`` (``tests/_lightning_alias.py``).
+"""
 
 from __future__ import annotations
 

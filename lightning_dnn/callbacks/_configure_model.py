@@ -8,10 +8,13 @@ and the wrap. :func:`after_configure_model` wraps the module's ``configure_model
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.model_helpers import is_overridden
+from lightning_dnn._lightning import is_overridden
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
 
 __all__ = ["AfterConfigureModel", "after_configure_model"]
 
@@ -92,6 +95,7 @@ def after_configure_model(pl_module: pl.LightningModule, fn: Callable[[], None])
         The pending call.
 
     Example:
+        >>> import pytorch_lightning as pl
         >>> class Module(pl.LightningModule):
         ...     def configure_model(self):
         ...         self.built = True

@@ -6,14 +6,23 @@ Plain torch apart from the one warning; tested directly against torch's schedule
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, CosineAnnealingWarmRestarts
+from torch.optim.lr_scheduler import (
+    ChainedScheduler,
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
+
+from lightning_dnn._lightning import rank_zero_warn
 
 __all__ = [
     "COPIED",
@@ -23,6 +32,7 @@ __all__ = [
     "extend_scheduler",
     "lr_ratio",
     "optimizer_param_ids",
+    "restart_scheduler",
     "scale",
 ]
 
@@ -83,8 +93,15 @@ def add_param_group(
     schedulers: Iterable[Any] = (),
     param_names: Sequence[str] | None = None,
     fallback_lr: Any = None,
+    like: int = 0,
+    ratio: float | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append a named param group that follows the first group's learning-rate schedule, scaled.
+
+    ``like`` names another group to follow instead of the first (its index), ``ratio`` gives the factor to that
+    group's lr directly (instead of ``lr``), and ``settings`` hyper-parameters (weight decay, ``lr_scale``, ...)
+    that replace the optimizer's defaults for the new group.
 
     The new group starts at ``lr`` (``None``: at the first group's current lr) and from then on every scheduler in
     ``schedulers`` attached to ``optimizer`` moves it in proportion to the first group: its per-group entries
@@ -101,6 +118,9 @@ def add_param_group(
         schedulers: schedulers to extend; those attached to another optimizer are skipped.
         param_names: the parameters' names, required when the optimizer's groups have ``param_names``.
         fallback_lr: the reference lr when the first group's lr and ``initial_lr`` are not positive.
+        like: the index of the group to follow (default: the first).
+        ratio: the new group's lr as a factor of that group's (exclusive with ``lr``).
+        settings: hyper-parameters of the new group other than ``params``, ``lr`` and ``name``.
 
     Returns:
         the new param group (``optimizer.param_groups[-1]``).
@@ -118,18 +138,26 @@ def add_param_group(
         >>> [round(g["lr"], 6) for g in opt.param_groups], len(sched.base_lrs)
         ([0.05, 0.005], 2)
     """
-    group0 = optimizer.param_groups[0]
+    if not 0 <= like < len(optimizer.param_groups):
+        raise ValueError(
+            f"`like` must index one of the {len(optimizer.param_groups)} param groups, got {like}"
+        )
+    if lr is not None and ratio is not None:
+        raise ValueError(f"give `lr` or `ratio`, not both: got lr={lr!r}, ratio={ratio!r}")
+    group0 = optimizer.param_groups[like]
     if param_names is None and "param_names" in group0:
         raise ValueError(
             f"`param_names` is required: the param groups of {type(optimizer).__name__} are named"
         )
-    ratio = lr_ratio(group0, lr, fallback_lr)
+    if ratio is None:
+        ratio = lr_ratio(group0, lr, fallback_lr)
     attached = [s for s in schedulers if getattr(s, "optimizer", None) is optimizer]
     if ratio != 1.0:
         for scheduler in attached:
             check_proportional(scheduler)
     start = ratio if lr is None or float(group0["lr"]) > 0 else 0.0
-    group: dict[str, Any] = {"params": list(params), "name": name, "lr": scale(group0["lr"], start)}
+    group: dict[str, Any] = {k: v for k, v in (settings or {}).items() if k not in ("params", "param_names")}
+    group.update(params=list(params), name=name, lr=scale(group0["lr"], start))
     if param_names is not None and "param_names" in group0:
         group["param_names"] = list(param_names)
     n_old = len(optimizer.param_groups)
@@ -141,7 +169,7 @@ def add_param_group(
             new[key] = scale(value, ratio) if key.endswith("lr") else value
     for scheduler in attached:
         _copy_cycled_momentum(scheduler, group0, new)
-        extend_scheduler(scheduler, n_old, ratio, new["lr"])
+        extend_scheduler(scheduler, n_old, ratio, new["lr"], like=like)
     return new
 
 
@@ -181,11 +209,11 @@ def check_proportional(scheduler: Any) -> None:
         )
 
 
-def extend_scheduler(scheduler: Any, n_old: int, ratio: float, new_lr: Any) -> None:
+def extend_scheduler(scheduler: Any, n_old: int, ratio: float, new_lr: Any, *, like: int = 0) -> None:
     """Give ``scheduler`` (and its children) an entry for the param group just appended to its optimizer.
 
-    ``n_old`` is the number of groups before the new one; :data:`SCALED` lists get the first entry times
-    ``ratio``, :data:`COPIED` lists the first entry, ``_last_lr`` the new group's lr. Other per-group lists a
+    ``n_old`` is the number of groups before the new one; :data:`SCALED` lists get entry ``like`` (default: the
+    first) times ``ratio``, :data:`COPIED` lists entry ``like``, ``_last_lr`` the new group's lr. Other per-group lists a
     custom scheduler may keep (``warmup_lrs``, ...) are reported with a warning rather than guessed.
 
     Example:
@@ -197,12 +225,12 @@ def extend_scheduler(scheduler: Any, n_old: int, ratio: float, new_lr: Any) -> N
         ([0.1, 0.2], 2, [0.1, 0.2])
     """
     for child in getattr(scheduler, "_schedulers", None) or []:
-        extend_scheduler(child, n_old, ratio, new_lr)
+        extend_scheduler(child, n_old, ratio, new_lr, like=like)
     state = vars(scheduler)
     for attr in SCALED + COPIED:
         value = state.get(attr)
         if isinstance(value, list) and len(value) == n_old:
-            value.append(scale(value[0], ratio) if attr in SCALED else value[0])
+            value.append(scale(value[like], ratio) if attr in SCALED else value[like])
     last = state.get("_last_lr")
     if isinstance(last, list) and len(last) == n_old:
         last.append(scale(new_lr, 1.0))
@@ -231,3 +259,89 @@ def _copy_cycled_momentum(scheduler: Any, group0: dict[str, Any], new: dict[str,
         new["betas"] = (group0["betas"][0], *new["betas"][1:])
     elif "momentum" in group0 and "momentum" in new:
         new["momentum"] = group0["momentum"]
+
+
+def restart_scheduler(scheduler: Any, initial_state: Mapping[str, Any]) -> None:
+    """Start ``scheduler`` over, as a fresh scheduler of the same class and arguments would start.
+
+    ``initial_state`` is the scheduler's ``state_dict()`` right after it was built. The scheduler gets that state
+    back (step count 0; ``ReduceLROnPlateau``'s best score and counters cleared), its per-group lists keep the
+    entries added since for new param groups, every group's base lr becomes its ``initial_lr`` (a group without
+    one keeps its current lr as ``initial_lr``), and every group's lr becomes the schedule's value at step 0 from
+    there. The children of ``SequentialLR`` (the first one starts) and ``ChainedScheduler`` are restarted too.
+
+    Example:
+        >>> opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> start = sched.state_dict()
+        >>> opt.step(); sched.step(); opt.step(); sched.step()
+        >>> round(opt.param_groups[0]["lr"], 6)
+        0.025
+        >>> opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01, "initial_lr": 0.01})
+        >>> extend_scheduler(sched, 1, 0.4, 0.01)
+        >>> restart_scheduler(sched, start)
+        >>> [g["lr"] for g in opt.param_groups], sched.last_epoch
+        ([0.1, 0.01], 0)
+    """
+    groups = scheduler.optimizer.param_groups
+    for group in groups:
+        group.setdefault("initial_lr", scale(group["lr"], 1.0))
+        group["lr"] = scale(group["initial_lr"], 1.0)
+    scheduler.load_state_dict(_current_lists(scheduler, copy.deepcopy(dict(initial_state)), len(groups)))
+    _set_base_lrs(scheduler, groups)
+    _start_lrs(scheduler, groups)
+
+
+def _current_lists(scheduler: Any, state: dict[str, Any], n_groups: int) -> dict[str, Any]:
+    """``state`` with the per-group lists the scheduler holds now (entries for groups added since) put back."""
+    current = vars(scheduler)
+    children = current.get("_schedulers") or []
+    if isinstance(state.get("_schedulers"), list):
+        state["_schedulers"] = [
+            _current_lists(child, dict(s), n_groups)
+            for child, s in zip(children, state["_schedulers"], strict=True)
+        ]
+    for key, value in state.items():
+        now = current.get(key)
+        if (
+            key not in ("lr_lambdas", "_schedulers", "_milestones")
+            and isinstance(value, list)
+            and isinstance(now, list)
+            and len(now) == n_groups
+            and len(value) != n_groups
+        ):
+            state[key] = copy.copy(now)
+    return state
+
+
+def _set_base_lrs(scheduler: Any, groups: list[dict[str, Any]]) -> None:
+    for child in getattr(scheduler, "_schedulers", None) or []:
+        _set_base_lrs(child, groups)
+    if isinstance(getattr(scheduler, "base_lrs", None), list):
+        scheduler.base_lrs = [scale(g["initial_lr"], 1.0) for g in groups]
+
+
+def _start_lrs(scheduler: Any, groups: list[dict[str, Any]]) -> None:
+    """Set the groups' lrs to the schedule's value at step 0 (the groups are at their ``initial_lr``)."""
+    if isinstance(scheduler, SequentialLR):
+        _start_lrs(scheduler._schedulers[0], groups)
+    elif isinstance(scheduler, ChainedScheduler):
+        for child in scheduler._schedulers:
+            _start_lrs(child, groups)
+    elif not isinstance(scheduler, ReduceLROnPlateau):
+        initial = vars(scheduler).get("_is_initial")  # torch >= 2.8: get_lr() gives step 0's lrs when set
+        if initial is not None:
+            scheduler._is_initial = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "get_lr() outside step()": here on purpose, at step 0
+                lrs = scheduler.get_lr()
+        finally:
+            if initial is not None:
+                scheduler._is_initial = initial
+        for group, lr in zip(groups, lrs, strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+    scheduler._last_lr = [scale(g["lr"], 1.0) for g in groups]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar
 
-from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
+
+from lightning_dnn._lightning import Callback
 
 __all__ = ["StateKeyOnce"]
 

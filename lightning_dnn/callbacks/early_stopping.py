@@ -21,21 +21,26 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
-from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice
+from lightning_dnn._lightning import api, combined_callback_base, rank_zero_info, rank_zero_warn
 from lightning_dnn.callbacks._state_key import StateKeyOnce
 
 __all__ = ["EarlyStopping"]
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping as _LightningEarlyStopping
+    from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+else:  # the primary package's EarlyStopping, also a Callback of the other package (lightning_dnn._lightning)
+    _LightningEarlyStopping = combined_callback_base("callbacks.EarlyStopping")
+    EarlyStoppingReason = api("callbacks.early_stopping").EarlyStoppingReason
 
 log = logging.getLogger(__name__)
 

@@ -1,69 +1,132 @@
-"""LayerFreezer: freeze layers before training and unfreeze them on a schedule (progressive unfreezing).
+"""LayerFreezer: freeze layers before training and unfreeze them in steps (progressive unfreezing).
 
-The param-group and scheduler surgery lives in ``_param_groups.py``, the DDP gradient averaging in
-``_ddp_sync.py``; this module holds the freeze/unfreeze schedule.
+The schedule's forms live in ``_freeze_schedule.py``, the metric-driven advances in ``_phases.py``, the param-group
+and scheduler surgery in ``_param_groups.py``, the DDP gradient averaging in ``_ddp_sync.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from typing_extensions import override
 
-from lightning_dnn._checks import check_choice, check_int, check_number
+from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
+from lightning_dnn._lightning import is_strategy, rank_zero_info, rank_zero_warn
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
 from lightning_dnn.callbacks._configure_model import AfterConfigureModel, after_configure_model
 from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
-from lightning_dnn.callbacks._param_groups import add_param_group, check_proportional, optimizer_param_ids
+from lightning_dnn.callbacks._freeze_schedule import (
+    Milestones,
+    PlannedStep,
+    StepSpec,
+    outermost,
+    parse_unfreeze,
+    plan_steps,
+    resolve_auto,
+    select_step,
+    step_label,
+)
+from lightning_dnn.callbacks._frozen_set import (
+    EVAL_MARK,
+    check_freezes_something,
+    head_frozen_set,
+    mark_frozen,
+    marked_frozen,
+    owned_parameters,
+    owner_map,
+    release_norms,
+    release_stale,
+    warn_foreign,
+    with_descendants,
+)
+from lightning_dnn.callbacks._param_groups import (
+    add_param_group,
+    check_proportional,
+    optimizer_param_ids,
+    restart_scheduler,
+    scale,
+)
+from lightning_dnn.callbacks._phases import MetricPhases
 from lightning_dnn.callbacks._state_key import StateKeyOnce
+from lightning_dnn.callbacks._user_groups import DEFAULT_BUCKET, Bucket, probe_buckets
 
-__all__ = ["LayerFreezer"]
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+__all__ = ["LayerFreezer", "PlannedStep"]
 
 BNMode = Literal["eval", "train"]
 
-#: Set on a module: the local names of its parameters that a LayerFreezer froze (survives a new LayerFreezer, a new
-#: LightningModule around the network, ``copy.deepcopy`` and pickling, unlike an attribute on the parameter).
-_FROZEN_MARK = "_layer_freezer_frozen"
-#: Set on a normalization layer that a LayerFreezer put in eval mode.
-_EVAL_MARK = "_layer_freezer_eval"
-
 
 class LayerFreezer(StateKeyOnce):
-    """Freeze modules before training and unfreeze them at chosen epochs.
+    """Freeze modules before training and unfreeze them in steps: at chosen epochs, or on a metric plateau.
 
     Args:
         freeze: a regex, or a list of them, selecting the modules to freeze by name (the library's selection rule:
             ``re.fullmatch`` on the dotted name in ``pl_module.named_modules()``, whole or with exactly its first
             component dropped, so ``"hidden[1-3]"`` selects ``net.hidden1`` ... ``net.hidden3``). A selected module
             is frozen with all its submodules: ``requires_grad=False`` and ``grad=None`` on its parameters.
-        unfreeze: ``{epoch: pattern}``: at the start of (0-based) ``epoch``, unfreeze the frozen modules selected
-            by ``pattern`` (a regex or a list of them), e.g. top-down ``{2: "hidden3", 4: "hidden2"}``. Each
-            milestone must unfreeze something that is still frozen at that point.
+        unfreeze: the unfreeze steps, top-down, each unfreezing the frozen modules its pattern (a regex or a list
+            of them) selects. ``{epoch: pattern}`` runs each step at the start of that (0-based) epoch, e.g.
+            ``{2: "hidden3", 4: "hidden2"}``; ``{epoch: (pattern, lr)}`` gives a step its own learning rate. A list
+            of steps is the ordered form: plain patterns with ``milestones="metric"``, or dicts ``{"pattern": ...,
+            "epoch": ..., "lr": ...}`` (the form a LightningCLI YAML writes; ``"epoch"`` only with
+            ``milestones="epoch"``). ``"auto"``: one step per top-level block of the network (the module held as
+            ``self.net``, else the LightningModule's children) that has frozen parameters, top-down; parameters
+            held by the network itself (a ViT's ``cls_token``) join the lowest step; with ``milestones="epoch"``
+            step ``k`` (from 1) runs at epoch ``k`` (ULMFiT's gradual unfreezing). Every step must unfreeze
+            something still frozen and nothing an earlier step unfroze (:meth:`dry_run` shows the plan).
         bn: ``"eval"`` keeps frozen normalization layers (batch norm and others with running statistics) in eval
             mode, so their running statistics never change; ``"train"`` lets them follow the model's mode (their
             affine parameters stay frozen, their statistics keep updating).
-        unfrozen_lr: the learning rate each new param group starts with (discriminative rates). From then on the
-            attached schedulers move it in proportion to the first group: the new group's scheduler entries
-            (``base_lrs``, ``initial_lr``, ``min_lrs``, ``max_lrs``, ...) are the first group's times
-            ``unfrozen_lr / lr_0``, ``lr_0`` being the first group's current lr. ``None`` (default): start at
+        unfrozen_lr: the learning rate each new param group starts with (discriminative rates); a step's own
+            ``lr`` wins. From then on the attached schedulers move it in proportion to the first group: the new
+            group's scheduler entries (``base_lrs``, ``initial_lr``, ``min_lrs``, ``max_lrs``, ...) are the first
+            group's times ``lr / lr_0``, ``lr_0`` being the first group's current lr. ``None`` (default): start at
             ``lr_0`` and follow the first group exactly. (When ``lr_0`` is 0, e.g. at the start of a warm-up,
             the ratio is taken to the first group's ``initial_lr``, or its lr at fit start.) Schedulers that
             cannot keep a ratio (``CosineAnnealingLR`` with ``eta_min != 0``, absolute ``piecewise_constant``)
-            are refused at fit start when ``unfrozen_lr`` is set.
+            are refused at fit start when a step's lr can differ from ``lr_0``.
+        milestones: ``"epoch"`` (steps at fixed epochs) or ``"metric"``: the next step runs when ``monitor`` has
+            not improved by more than ``min_delta`` for ``patience`` validation runs in a row (at the start of the
+            next training batch). Under DDP the decision is rank 0's score, broadcast, so all ranks advance
+            together. After an advance the wait count starts again and the best score is kept.
+        monitor: the logged metric that drives ``milestones="metric"`` (required then, refused otherwise).
+        mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is an improvement.
+        patience: validation runs without improvement before the next step (>= 1).
+        min_delta: the smallest change of ``monitor`` that counts as an improvement (>= 0).
+        restore_best: with ``milestones="metric"``, keep a CPU copy of the weights (the whole ``state_dict``) at
+            the best score and load it back just before advancing. The copy is also saved in this callback's
+            checkpoint state, so a resumed run restores the same weights.
+        layer_decay: a factor in (0, 1]: step ``k`` (``k = 1`` for the first step, the block just under the head)
+            starts at ``lr * layer_decay ** k``, ``lr`` being ``unfrozen_lr`` or, without it, the first group's
+            current lr (the group then keeps that factor to it). A step's own ``lr`` is taken as is.
+        reset_scheduler: at every step, after the new param group is added, each scheduler attached to the
+            optimizer starts over, as a fresh scheduler of the same class and arguments would: its state at fit
+            start (step count 0), every group's base lr its ``initial_lr`` (the lr it started the fit with; the
+            new group's: the step's lr) and every group's lr the schedule's value at step 0.
 
     Unfrozen parameters that are not in any optimizer yet are added to the first optimizer
-    (``trainer.optimizers[0]``) as a param group named ``"unfrozen-epoch{N}"``; its other hyper-parameters come
-    from the optimizer's defaults (its constructor arguments). Unfrozen parameters that the optimizer already holds
-    (a ``configure_optimizers`` that passes all ``self.parameters()``) simply start receiving gradients; frozen
-    ones have ``grad=None``, which every ``torch.optim`` optimizer skips, weight decay included.
+    (``trainer.optimizers[0]``) as a param group named ``"unfrozen-epoch{N}"`` (``"unfrozen-step{k}"`` with
+    ``milestones="metric"``); its other hyper-parameters come from the optimizer's defaults (its constructor
+    arguments). Unfrozen parameters that the optimizer already holds (a ``configure_optimizers`` that passes all
+    ``self.parameters()``) simply start receiving gradients; frozen ones have ``grad=None``, which every
+    ``torch.optim`` optimizer skips, weight decay included.
+
+    Param groups built by the user (e.g. timm's ``param_groups_layer_decay``, which skips frozen parameters): when
+    the optimizer has several param groups, LayerFreezer calls ``configure_optimizers`` once more at fit start with
+    its frozen parameters trainable (the optimizer built then is discarded) to learn which group each would have
+    joined. An unfrozen parameter then joins a new group ``"unfrozen-epoch{N}/{group}"`` (``{group}``: that
+    group's ``"name"`` or ``group{i}``) with that group's hyper-parameters (``weight_decay``, ``lr_scale``, ...)
+    and its lr: the live group with the same settings is followed exactly (its scheduler entries are copied),
+    else the first group at the lr ratio the user's groups had at fit start. A step ``lr``/``unfrozen_lr``/
+    ``layer_decay`` sets the lr as above and keeps the other settings.
 
     Freezing happens right after ``LightningModule.configure_model`` (in ``setup`` when the module does not
     override it), so layers created there are selected like those created in ``__init__``; that is before the
@@ -82,16 +145,17 @@ class LayerFreezer(StateKeyOnce):
     LayerFreezer, a new LightningModule around the same network, ``copy.deepcopy`` and pickling) and that the
     patterns no longer select are unfrozen at setup, and the normalization layers it put in eval mode follow the
     model's mode again; the log names them. Parameters frozen by anything else (``requires_grad_(False)`` in user
-    code) are never taken over: they stay frozen, even at an ``unfreeze`` milestone that selects their module, and
-    a warning names them. Reusing the same LayerFreezer for a new fit starts its schedule again.
+    code) are never taken over: they stay frozen, even at a step that selects their module, and a warning names
+    them. Reusing the same LayerFreezer for a new fit starts its schedule again.
 
-    Resume: the checkpoint stores which modules are frozen and which milestones were applied (by name); the
-    model is frozen as at the start of the original run, then the milestones are replayed in ``on_fit_start``,
-    before Lightning restores the optimizer and scheduler states, which find the param groups they were saved
-    with. A milestone that falls due while Lightning skips ``on_train_epoch_start`` (a resume from a checkpoint
-    written at the last batch of the epoch before it) is applied in ``on_train_start``, before the first batch.
-    Under DDP, whose reducer cannot register parameters unfrozen after the wrap, this callback averages their
-    gradients itself after backward (only on the micro-batches where DDP synchronizes).
+    Resume: the checkpoint stores which modules are frozen and which steps were applied (by name), with the
+    metric state (best score, wait count, steps triggered, the best weights); the model is frozen as at the start
+    of the original run, then the steps are replayed in ``on_fit_start``, before Lightning restores the optimizer
+    and scheduler states, which find the param groups they were saved with. A step that falls due while Lightning
+    skips ``on_train_epoch_start`` (a resume from a checkpoint written at the last batch of the epoch before it) is
+    applied in ``on_train_start``, before the first batch. Under DDP, whose reducer cannot register parameters
+    unfrozen after the wrap, this callback averages their gradients itself after backward (only on the
+    micro-batches where DDP synchronizes).
 
     Supported strategies with an ``unfreeze`` schedule: single device and DDP (``"ddp"``, ``"ddp_spawn"``, ...).
     FSDP (``FSDPStrategy``, which Lightning 2.6 runs on GPUs only) takes a ``freeze`` without ``unfreeze``: create
@@ -101,11 +165,13 @@ class LayerFreezer(StateKeyOnce):
     checks this on one GPU.
 
     Raises:
-        TypeError: ``freeze``/``unfreeze`` of the wrong type, ``unfreeze`` keys that are not integers.
-        ValueError: invalid regexes, negative epochs, ``bn`` not in ``{"eval", "train"}``, ``unfrozen_lr <= 0``;
-            in ``setup``: patterns selecting no module (the message lists the available ones), a milestone that
-            unfreezes nothing frozen, an unsupported strategy; at fit start: ``unfrozen_lr`` with a scheduler
-            that cannot keep the new group in proportion.
+        TypeError: ``freeze``/``unfreeze`` of the wrong type, epochs that are not integers.
+        ValueError: invalid regexes, negative epochs, ``bn``/``milestones``/``mode`` not among their choices,
+            a non-positive lr, ``layer_decay`` outside (0, 1], ``monitor``/``restore_best`` without
+            ``milestones="metric"``; in ``setup``: patterns selecting no module (the message lists the available
+            ones), a step that unfreezes nothing frozen or something an earlier step unfroze, an unsupported
+            strategy; at fit start: a step lr with a scheduler that cannot keep the new group in proportion.
+        RuntimeError: with ``milestones="metric"``, when ``monitor`` is not among the logged metrics at a check.
 
     Example:
         >>> import torch, pytorch_lightning as pl
@@ -125,38 +191,70 @@ class LayerFreezer(StateKeyOnce):
         >>> trainer.fit(Net(), data)
         >>> [(g.get("name"), g["lr"]) for g in trainer.optimizers[0].param_groups]
         [(None, 0.1), ('unfrozen-epoch1', 0.01)]
+        >>> [(s.trigger, s.modules, s.lr) for s in freezer.dry_run(Net())]
+        [(1, ('hidden1',), 0.01)]
     """
 
     def __init__(
         self,
         freeze: Patterns,
         *,
-        unfreeze: Mapping[int, Patterns] | None = None,
+        unfreeze: Mapping[int, Any] | Sequence[Any] | str | None = None,
         bn: BNMode = "eval",
         unfrozen_lr: float | None = None,
+        milestones: Milestones = "epoch",
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        patience: int = 2,
+        min_delta: float = 0.0,
+        restore_best: bool = False,
+        layer_decay: float | None = None,
+        reset_scheduler: bool = False,
     ) -> None:
         super().__init__()
         self._freeze: list[re.Pattern[str]] = compile_patterns("freeze", freeze)
         # When set (freeze_all_but_head), every module outside these head modules is frozen instead of `_freeze`.
         self._head: list[re.Pattern[str]] | None = None
-        # epoch -> patterns; None means "everything still frozen" (freeze_all_but_head).
-        self._schedule: dict[int, list[re.Pattern[str]] | None] = _check_schedule(unfreeze)
+        self.milestones: Milestones = check_choice("milestones", milestones, ("epoch", "metric"))  # type: ignore[assignment]
+        self._spec: list[StepSpec] | Literal["auto"] = parse_unfreeze(unfreeze, self.milestones)
         self.bn: BNMode = check_choice("bn", bn, ("eval", "train"))  # type: ignore[assignment]
         self.unfrozen_lr: float | None = (
             None
             if unfrozen_lr is None
             else check_number("unfrozen_lr", unfrozen_lr, low=0.0, low_inclusive=False)
         )
+        self.layer_decay: float | None = (
+            None
+            if layer_decay is None
+            else check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_inclusive=False)
+        )
+        self.reset_scheduler = check_bool("reset_scheduler", reset_scheduler)
+        self._phases: MetricPhases | None = None
+        if self.milestones == "metric":
+            if monitor is None:
+                raise ValueError("milestones='metric' needs `monitor`, the name of a logged metric, got None")
+            self._phases = MetricPhases(monitor, mode, patience, min_delta, restore_best)
+        else:
+            for arg, value, default in (("monitor", monitor, None), ("restore_best", restore_best, False)):
+                if value != default:
+                    raise ValueError(
+                        f"`{arg}`={value!r} is used by milestones='metric' only; with milestones='epoch' the steps "
+                        "run at fixed epochs: set milestones='metric' or drop it"
+                    )
         # Run-time state.
+        self._steps: list[StepSpec] = [] if self._spec == "auto" else list(self._spec)
         self._module: pl.LightningModule | None = None
         self._frozen: set[str] = set()  # names of the modules currently frozen (descendants included)
-        self._applied: list[dict[str, Any]] = []  # milestones applied so far, in order (see state_dict)
+        self._applied: list[dict[str, Any]] = []  # steps applied so far, in order (see state_dict)
+        self._triggered = 0  # milestones="metric": the steps decided so far
+        self._checks = 0  # milestones="metric": validation runs seen in this fit
         self._frozen_norms: list[nn.Module] = []
         self._foreign: set[int] = set()  # ids of parameters frozen before the fit by others: never touched
-        self._next_milestone: int | None = None  # the earliest milestone not applied yet
         self._pending_state: dict[str, Any] | None = None  # loaded before `setup`: applied there
         self._unsynced = UnsyncedGradients()  # parameters we unfroze that DDP does not sync
-        self._base_lr0: Any = None  # the first group's lr at fit start (a float or a tensor)
+        self._base_lrs: list[Any] = []  # every group's lr at fit start (a float or a tensor)
+        self._buckets: dict[int, Bucket] = {}  # id(parameter) -> where it goes (user param groups)
+        self._scheduler_starts: list[tuple[Any, dict[str, Any]]] = []  # reset_scheduler: states at fit start
         self._initial: AfterConfigureModel | None = None  # the initial freeze, until `configure_model` ran
 
     @classmethod
@@ -167,20 +265,28 @@ class LayerFreezer(StateKeyOnce):
         *,
         bn: BNMode = "eval",
         unfrozen_lr: float | None = None,
+        **kwargs: Any,
     ) -> LayerFreezer:
         """Freeze every module except the head, then (optionally) unfreeze everything after ``epochs`` epochs.
 
         fastai's ``fine_tune(epochs)``: train only the new head first, then the whole network. Every module that
-        is neither a ``head`` module, inside one, nor an ancestor of one (the container holding the head) is frozen.
+        is neither a ``head`` module nor inside one is frozen; an ancestor of the head (the container holding
+        it) keeps its submodules apart, but the parameters it holds itself (a ViT's ``cls_token`` and
+        ``pos_embed``) are frozen too.
 
         Args:
             head: regex (or list) selecting the head modules, e.g. ``"output"`` for an ``MLP``.
-            epochs: train the head alone for this many epochs, then unfreeze all; ``None`` keeps the rest frozen.
+            epochs: train the head alone for this many epochs, then unfreeze all; ``None`` keeps the rest frozen
+                (or follows ``unfreeze`` in ``kwargs``, e.g. ``unfreeze="auto", milestones="metric"``).
             bn: as in :class:`LayerFreezer`.
             unfrozen_lr: as in :class:`LayerFreezer`.
+            **kwargs: the other keyword arguments of :class:`LayerFreezer`.
 
         Returns:
             A configured :class:`LayerFreezer`.
+
+        Raises:
+            ValueError: ``epochs`` together with ``unfreeze``.
 
         Example:
             >>> freezer = LayerFreezer.freeze_all_but_head("output", epochs=2)
@@ -190,56 +296,144 @@ class LayerFreezer(StateKeyOnce):
         head_patterns = compile_patterns("head", head)
         if epochs is not None:
             check_int("epochs", epochs, low=1)
-        inst = cls(head_patterns, bn=bn, unfrozen_lr=unfrozen_lr)
+            if kwargs.get("unfreeze") is not None:
+                raise ValueError(
+                    f"give `epochs` ({epochs}) or `unfreeze` ({kwargs['unfreeze']!r}), not both: `epochs` "
+                    "unfreezes everything at once"
+                )
+        inst = cls(head_patterns, bn=bn, unfrozen_lr=unfrozen_lr, **kwargs)
         inst._head, inst._freeze = inst._freeze, []
-        inst._schedule = {} if epochs is None else {epochs: None}
+        if epochs is not None:
+            inst._spec = [StepSpec(patterns=None, epoch=epochs)]
+            inst._steps = list(inst._spec)
         return inst
+
+    # -------------------------------------------------------------------------------------------- dry run --
+    def initially_frozen(self, pl_module: nn.Module) -> list[str]:
+        """The modules this freezer freezes when a fit starts on ``pl_module``, outermost names; changes nothing.
+
+        Args:
+            pl_module: the LightningModule (or any module) the freezer will be used with, its layers built.
+
+        Returns:
+            The outermost selected module names (their submodules are frozen with them), sorted.
+
+        Raises:
+            ValueError: ``freeze`` selects no module of ``pl_module``.
+
+        Example:
+            >>> net = nn.Sequential()
+            >>> for name in ("hidden1", "hidden2", "output"): net.add_module(name, nn.Linear(2, 2))
+            >>> LayerFreezer("hidden[12]").initially_frozen(net)
+            ['hidden1', 'hidden2']
+        """
+        return sorted(self._top(self._initial_frozen(pl_module)))
+
+    def dry_run(self, pl_module: nn.Module) -> list[PlannedStep]:
+        """Resolve the whole schedule against ``pl_module`` without changing it, and check it.
+
+        Args:
+            pl_module: the LightningModule (or any module) the freezer will be used with, its layers built.
+
+        Returns:
+            One :class:`PlannedStep` per step, in order: its trigger, patterns, the modules and parameters it
+            unfreezes and the lr its param group starts with.
+
+        Raises:
+            ValueError: the errors ``setup`` would raise: a pattern that selects no module, a step that unfreezes
+                nothing still frozen, a step that selects parameters an earlier step unfroze, a ``freeze`` that
+                selects no parameter.
+
+        Example:
+            >>> net = nn.Sequential()
+            >>> for name in ("hidden1", "hidden2", "output"): net.add_module(name, nn.Linear(2, 2))
+            >>> freezer = LayerFreezer("hidden[12]", unfreeze="auto", milestones="metric", monitor="val_loss",
+            ...                        layer_decay=0.5)
+            >>> [(s.index, s.trigger, s.modules, s.numel, s.lr_factor) for s in freezer.dry_run(net)]
+            [(0, 'metric', ('hidden2',), 6, 0.5), (1, 'metric', ('hidden1',), 6, 0.25)]
+        """
+        frozen = self._initial_frozen(pl_module)
+        check_freezes_something(pl_module, frozen)
+        foreign = {id(p) for p in pl_module.parameters() if not p.requires_grad} - marked_frozen(pl_module)
+        steps = self._resolve_steps(pl_module, frozen, foreign)
+        plan = plan_steps(pl_module, steps, frozen, foreign)
+        universe = [n for n, _ in pl_module.named_modules()]
+        out = []
+        for index, (step, (modules, params)) in enumerate(zip(steps, plan, strict=True)):
+            lr, factor = self._step_lr(index, step)
+            out.append(
+                PlannedStep(
+                    index=index,
+                    trigger="metric" if step.epoch is None else step.epoch,
+                    pattern=step_label(step, universe),
+                    modules=tuple(outermost(modules, universe)),
+                    parameters=tuple(n for n, _ in params),
+                    numel=sum(p.numel() for _, p in params),
+                    lr=lr,
+                    lr_factor=factor,
+                )
+            )
+        return out
 
     # ----------------------------------------------------------------------------------------------- state --
     @override
     def state_key_fields(self) -> dict[str, Any]:
-        """The arguments in the checkpoint key: the ``freeze`` patterns and the ``unfreeze`` schedule."""
+        """The arguments in the checkpoint key: ``freeze``, the ``unfreeze`` schedule, and ``monitor``."""
         if self._head is not None:
             freeze = "all but " + "|".join(p.pattern for p in self._head)
         else:
             freeze = "|".join(p.pattern for p in self._freeze)
-        unfreeze = {
-            e: "all" if p is None else "|".join(x.pattern for x in p) for e, p in self._schedule.items()
-        }
-        return {"freeze": freeze, "unfreeze": unfreeze}
+        unfreeze: Any
+        if self._spec == "auto":
+            unfreeze = "auto"
+        elif self.milestones == "epoch":
+            unfreeze = {s.epoch: step_label(s) for s in self._spec}
+        else:
+            unfreeze = [step_label(s) for s in self._spec]
+        fields: dict[str, Any] = {"freeze": freeze, "unfreeze": unfreeze}
+        if self._phases is not None:
+            fields["monitor"] = self._phases.monitor
+        return fields
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """Return what is frozen and what was unfrozen, by name.
+        """Return what is frozen and what was unfrozen, by name, and the metric milestones' state.
 
-        ``frozen``: the module names frozen now; ``unfrozen``: the applied milestones, each with the module names it
-        unfroze, the parameter names of the param group it added (empty when none) and that group's name.
+        ``frozen``: the module names frozen now; ``unfrozen``: the applied steps, each with its index, the epoch
+        it ran at, the module names it unfroze and the param groups it added (name and parameter names);
+        ``triggered``: the steps decided so far (``milestones="metric"``); ``metric``: the best score, wait count,
+        best epoch and best weights (``restore_best``), or None.
         """
         return {
             "frozen": sorted(self._frozen),
             "unfrozen": [
                 {
+                    "step": rec["step"],
                     "epoch": rec["epoch"],
                     "modules": list(rec["modules"]),
-                    "group": list(rec["group"]),
-                    "group_name": rec["group_name"],
+                    "groups": [{"name": g["name"], "params": list(g["params"])} for g in rec["groups"]],
                 }
                 for rec in self._applied
             ],
+            "triggered": self._triggered,
+            "metric": None if self._phases is None else self._phases.state_dict(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        applied = [dict(rec) for rec in state_dict.get("unfrozen", [])]
+        applied = [_record(rec, i) for i, rec in enumerate(state_dict.get("unfrozen", []))]
         initial = set(state_dict.get("frozen", [])) | {m for rec in applied for m in rec.get("modules", [])}
         if self._module is None:  # not set up yet: `setup` applies it
             self._pending_state = dict(state_dict)
             return
         self._applied = applied
+        self._triggered = int(state_dict.get("triggered", 0))
+        if self._phases is not None and state_dict.get("metric") is not None:
+            self._phases.load_state_dict(state_dict["metric"])
         # Lightning restores callbacks after `setup` and before the DDP wrap and `configure_optimizers`: freeze
-        # exactly what was frozen at the start of the original run; `on_fit_start` replays the milestones.
+        # exactly what was frozen at the start of the original run; `on_fit_start` replays the steps.
         module = self._module
-        owners = _owner_map(module)
+        owners = owner_map(module)
         now_frozen: list[nn.Parameter] = []
         now_trainable: list[nn.Parameter] = []
         for _, param in self._own(module, self._frozen | initial):
@@ -248,12 +442,11 @@ class LayerFreezer(StateKeyOnce):
             (now_frozen if frozen else now_trainable).append(param)
             if frozen:
                 param.grad = None
-        _mark_frozen(module, now_frozen, True)
-        _mark_frozen(module, now_trainable, False)
+        mark_frozen(module, now_frozen, True)
+        mark_frozen(module, now_trainable, False)
         self._frozen = initial & {n for n, _ in module.named_modules()}
-        self._release_norms(module)
+        release_norms(module, self._frozen if self.bn == "eval" else set())
         self._refresh_norms()
-        self._sync_next_milestone()
 
     # ----------------------------------------------------------------------------------------------- hooks --
     @override
@@ -262,9 +455,12 @@ class LayerFreezer(StateKeyOnce):
             return
         self._module = None  # set when the initial freeze runs; a checkpoint loaded before that waits for it
         self._applied = []  # a new fit starts the schedule again; a resume restores it in `load_state_dict`
+        self._triggered = self._checks = 0
+        if self._phases is not None:
+            self._phases.reset()
         strategy = trainer.strategy
-        supported = isinstance(strategy, SingleDeviceStrategy | DDPStrategy)
-        if self._schedule and (not supported or isinstance(strategy, DeepSpeedStrategy)):
+        supported = is_strategy(strategy, "SingleDeviceStrategy", "DDPStrategy")
+        if self._spec and (not supported or is_strategy(strategy, "DeepSpeedStrategy")):
             raise ValueError(
                 f"`LayerFreezer(unfreeze=...)` supports single-device and DDP strategies, got "
                 f"{type(strategy).__name__}: parameters unfrozen after the model is wrapped are not "
@@ -277,29 +473,24 @@ class LayerFreezer(StateKeyOnce):
         """Select and freeze the ``freeze`` modules, once the LightningModule's layers exist (see ``setup``)."""
         self._module = pl_module
         self._frozen = self._initial_frozen(pl_module)
-        params = _owned_parameters(pl_module, self._frozen)
-        if not params and not any(
-            isinstance(m, _NormBase) for n, m in pl_module.named_modules() if n in self._frozen
-        ):
-            raise ValueError(
-                f"`freeze` selects modules without parameters or normalization buffers: "
-                f"{shorten(sorted(self._frozen), 12)}; select the layers that hold the weights."
-            )
-        ours = _marked_frozen(pl_module)
+        check_freezes_something(pl_module, self._frozen)
+        params = owned_parameters(pl_module, self._frozen)
+        ours = marked_frozen(pl_module)
         self._foreign = {id(p) for p in pl_module.parameters() if not p.requires_grad} - ours
-        self._validate_schedule(pl_module)
-        self._release_stale(pl_module, ours - {id(p) for _, p in params})
+        self._steps = self._resolve_steps(pl_module, self._frozen, self._foreign)
+        plan_steps(pl_module, self._steps, self._frozen, self._foreign)
+        keep = self._frozen if self.bn == "eval" else set()
+        release_stale(pl_module, ours - {id(p) for _, p in params}, keep)
         params = [(n, p) for n, p in params if id(p) not in self._foreign]
         for _, param in params:
             param.requires_grad_(False)
             param.grad = None
-        _mark_frozen(pl_module, [p for _, p in params], True)
+        mark_frozen(pl_module, [p for _, p in params], True)
         self._refresh_norms()
         rank_zero_info(
             f"LayerFreezer: froze {len(params)} parameter tensors in {shorten(self._top(self._frozen), 12)}"
         )
-        self._warn_foreign(pl_module)
-        self._sync_next_milestone()
+        warn_foreign(pl_module, self._foreign)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self.load_state_dict(state)
@@ -315,41 +506,81 @@ class LayerFreezer(StateKeyOnce):
                 "needs `find_unused_parameters=True`; define `configure_model` as a method instead."
             )
         self._unsynced.attach(trainer.strategy.model, pl_module)
-        if trainer.optimizers:
-            group0 = trainer.optimizers[0].param_groups[0]
-            self._base_lr0 = group0.get("initial_lr", group0["lr"])
-            if self._schedule and self.unfrozen_lr is not None:
-                for config in trainer.lr_scheduler_configs:
-                    if config.scheduler.optimizer is trainer.optimizers[0]:
-                        _check_scheduler(config.scheduler)
-        # Replay the milestones the checkpoint applied so the optimizer has the param groups its state expects.
+        self._buckets, self._scheduler_starts, self._base_lrs = {}, [], []
+        if trainer.optimizers and self._steps:
+            groups = trainer.optimizers[0].param_groups
+            self._base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
+            if len(groups) > 1:  # the user built param groups: learn which one each frozen parameter joins
+                frozen = [p for _, p in self._own(pl_module, self._frozen) if not p.requires_grad]
+                self._buckets = probe_buckets(
+                    pl_module.configure_optimizers, groups, frozen, self._base_lrs[0]
+                )
+            self._check_schedulers(trainer)
+            if self.reset_scheduler:
+                for group in groups:
+                    group.setdefault("initial_lr", scale(group["lr"], 1.0))
+                self._scheduler_starts = [
+                    (c.scheduler, copy.deepcopy(c.scheduler.state_dict()))
+                    for c in trainer.lr_scheduler_configs
+                    if c.scheduler.optimizer is trainer.optimizers[0]
+                ]
+        # Replay the steps the checkpoint applied so the optimizer has the param groups its state expects.
         for rec in self._applied:
             self._unfreeze(pl_module, [m for m in rec["modules"] if m in self._frozen])
-            if rec["group"]:
-                self._restore_group(trainer, pl_module, rec)
+            for group in rec["groups"]:
+                self._restore_group(trainer, pl_module, rec["step"], group)
         self._refresh_unsynced(pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume from the last batch of an epoch, Lightning starts the next epoch without calling
-        # `on_train_epoch_start`: a milestone due then is applied here, before the first batch.
-        self._apply_due_milestones(trainer, pl_module)
+        # `on_train_epoch_start`: a step due then is applied here, before the first batch.
+        self._apply_due_steps(trainer, pl_module)
         self._apply_norm_mode()
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply_due_milestones(trainer, pl_module)
+        self._apply_due_steps(trainer, pl_module)
         self._apply_norm_mode()
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # A restart path that skips the epoch-start hook must still not train a batch before a due milestone.
-        if self._next_milestone is not None and self._next_milestone <= trainer.current_epoch:
-            self._apply_due_milestones(trainer, pl_module)
+        # A metric decision (validation mid-epoch), or a restart path that skips the epoch-start hook: no batch
+        # trains before a due step.
+        if self._due(trainer):
+            self._apply_due_steps(trainer, pl_module)
         # Validation (or user code) may have called `.train()` on the model since the last batch.
         self._apply_norm_mode()
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        phases = self._phases
+        if phases is None or self._module is None or trainer.sanity_checking:  # not in a fit (`validate`)
+            return
+        self._checks += 1
+        if self._triggered >= len(self._steps):
+            return
+        score = phases.read(trainer)
+        if not phases.check(score, pl_module, trainer.current_epoch):
+            return
+        restored = phases.restore_best and phases.restore(pl_module)
+        self._triggered += 1
+        rank_zero_info(
+            f"LayerFreezer: {phases.monitor} has not improved on {phases.best:.6g} for {phases.patience} "
+            f"validation runs: step {self._triggered} of {len(self._steps)} is due"
+            + (f" (restored the weights of epoch {phases.best_epoch})" if restored else "")
+        )
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._phases is not None and self._checks == 0 and self._triggered < len(self._steps):
+            rank_zero_warn(
+                f"LayerFreezer(milestones='metric') saw no validation run in this fit, so {self._phases.monitor!r} "
+                f"was never checked and {len(self._steps) - len(self._applied)} unfreeze steps never ran: give the "
+                "fit a validation loop (val_dataloaders, limit_val_batches > 0) or use milestones='epoch'."
+            )
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -364,190 +595,172 @@ class LayerFreezer(StateKeyOnce):
             self._module = None
             self._frozen_norms = []
             self._foreign = set()
+            self._buckets, self._scheduler_starts = {}, []
 
-    # --------------------------------------------------------------------------------------------- helpers --
+    # ------------------------------------------------------------------------------------------- schedule --
     def _initial_frozen(self, pl_module: nn.Module) -> set[str]:
-        names = [n for n, _ in pl_module.named_modules() if n]
         if self._head is not None:
-            heads = [n for n, _ in select_modules(pl_module, self._head, arg="head")]
-            return {
-                n
-                for n in names
-                if not any(n == h or n.startswith(h + ".") or h.startswith(n + ".") for h in heads)
-            }
+            return head_frozen_set(pl_module, self._head)
         chosen = [n for n, _ in select_modules(pl_module, self._freeze, arg="freeze")]
-        return _with_descendants(chosen, names)
+        return with_descendants(chosen, [n for n, _ in pl_module.named_modules() if n])
 
-    def _select_unfreeze(self, pl_module: nn.Module, epoch: int, frozen: set[str]) -> set[str]:
-        patterns = self._schedule[epoch]
-        if patterns is None:
-            return set(frozen)
-        chosen = [n for n, _ in select_modules(pl_module, patterns, arg=f"unfreeze[{epoch}]")]
-        return _with_descendants(chosen, [n for n, _ in pl_module.named_modules() if n]) & frozen
+    def _resolve_steps(self, pl_module: nn.Module, frozen: set[str], foreign: set[int]) -> list[StepSpec]:
+        if self._spec != "auto":
+            return list(self._spec)
+        return resolve_auto(pl_module, frozen, foreign, self.milestones)
 
-    def _validate_schedule(self, pl_module: nn.Module) -> None:
-        """Simulate the schedule: every milestone must unfreeze at least one frozen parameter."""
-        frozen = set(self._frozen)
-        for epoch in sorted(self._schedule):
-            selected = self._select_unfreeze(pl_module, epoch, frozen)
-            if not self._own(pl_module, selected):
-                pats = self._schedule[epoch]
-                shown = "all" if pats is None else [p.pattern for p in pats]
-                still = shorten(self._top(frozen), 12) if frozen else "nothing"
-                foreign = [n for n, p in _owned_parameters(pl_module, selected) if id(p) in self._foreign]
-                why = (
-                    f" It selects only {shorten(foreign, 12)}, frozen before this fit by something other than a "
-                    "LayerFreezer, which LayerFreezer never unfreezes: call `requires_grad_(True)` on them "
-                    "before `fit` to train them."
-                    if foreign
-                    else ""
-                )
-                raise ValueError(
-                    f"`unfreeze[{epoch}]`={shown} unfreezes no frozen parameter: it must select modules frozen "
-                    f"by `freeze` and not unfrozen by an earlier milestone. Frozen at epoch {epoch}: {still}.{why}"
-                )
-            frozen -= selected
+    def _step_lr(self, index: int, step: StepSpec) -> tuple[float | None, float]:
+        """The step's absolute start lr (or None) and otherwise its factor to the lr of the group it follows."""
+        decay = 1.0 if self.layer_decay is None else self.layer_decay ** (index + 1)
+        if step.lr is not None:
+            return step.lr, 1.0
+        if self.unfrozen_lr is not None:
+            return self.unfrozen_lr * decay, 1.0
+        return None, decay
 
-    def _apply_milestone(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
-        modules = sorted(self._select_unfreeze(pl_module, epoch, self._frozen))
+    def _due(self, trainer: pl.Trainer) -> bool:
+        index = len(self._applied)
+        if index >= len(self._steps):
+            return False
+        epoch = self._steps[index].epoch
+        return index < self._triggered if epoch is None else epoch <= trainer.current_epoch
+
+    def _apply_due_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while self._due(trainer):
+            self._apply_step(trainer, pl_module, len(self._applied))
+
+    def _group_name(self, index: int) -> str:
+        epoch = self._steps[index].epoch
+        return f"unfrozen-step{index + 1}" if epoch is None else f"unfrozen-epoch{epoch}"
+
+    def _apply_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
+        modules = sorted(select_step(pl_module, index, self._steps[index], self._frozen))
         params = self._unfreeze(pl_module, modules)
         held = optimizer_param_ids(trainer.optimizers)
         new = [(n, p) for n, p in params if id(p) not in held]
-        group_name = f"unfrozen-epoch{epoch}"
-        if new and trainer.optimizers:
-            self._add_group(trainer, [p for _, p in new], [n for n, _ in new], group_name)
-        elif new:
+        if new and not trainer.optimizers:
             rank_zero_warn(
                 "LayerFreezer: the trainer has no optimizer; unfrozen parameters were not added to one."
             )
             new = []
+        buckets: dict[int, tuple[Bucket, list[tuple[str, nn.Parameter]]]] = {}
+        for name, param in new:
+            bucket = self._buckets.get(id(param), DEFAULT_BUCKET)
+            buckets.setdefault(id(bucket), (bucket, []))[1].append((name, param))
+        groups = []
+        base = self._group_name(index)
+        for bucket, items in buckets.values():
+            name = base if len(buckets) == 1 else f"{base}/{bucket.label or 'default'}"
+            self._add_group(trainer, index, [p for _, p in items], [n for n, _ in items], name, bucket)
+            groups.append({"name": name, "params": [n for n, _ in items]})
         self._applied.append(
-            {
-                "epoch": epoch,
-                "modules": modules,
-                "group": [n for n, _ in new],
-                "group_name": group_name if new else None,
-            }
+            {"step": index, "epoch": trainer.current_epoch, "modules": modules, "groups": groups}
         )
-        self._sync_next_milestone()
+        if self.reset_scheduler:
+            for scheduler, start in self._scheduler_starts:
+                restart_scheduler(scheduler, start)
         self._refresh_unsynced(pl_module)
-        where = f" as param group {group_name!r}" if new else ""
+        where = f" as param groups {[g['name'] for g in groups]}" if groups else ""
         rank_zero_info(
-            f"LayerFreezer: epoch {epoch}: unfroze {shorten(self._top(set(modules)), 12)} "
-            f"({len(params)} parameter tensors, {len(new)} added to the optimizer{where})"
+            f"LayerFreezer: epoch {trainer.current_epoch}: step {index + 1} unfroze "
+            f"{shorten(self._top(set(modules)), 12)} ({len(params)} parameter tensors, {len(new)} added to the "
+            f"optimizer{where})"
         )
 
+    def _add_group(
+        self,
+        trainer: pl.Trainer,
+        index: int,
+        params: list[nn.Parameter],
+        names: list[str],
+        group_name: str,
+        bucket: Bucket,
+    ) -> None:
+        optimizer = trainer.optimizers[0]
+        lr, factor = self._step_lr(index, self._steps[index])
+        new = add_param_group(
+            optimizer,
+            params,
+            name=group_name,
+            lr=lr,
+            ratio=None if lr is not None else bucket.ratio * factor,
+            like=bucket.like,
+            settings=bucket.settings,
+            schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
+            param_names=names,
+            fallback_lr=self._base_lrs[bucket.like] if self._base_lrs else None,
+        )
+        if self.reset_scheduler and lr is not None:
+            new["initial_lr"] = scale(new["lr"], 1.0)  # restarts begin at the step's lr
+
+    def _restore_group(
+        self, trainer: pl.Trainer, pl_module: nn.Module, index: int, group: Mapping[str, Any]
+    ) -> None:
+        """Add back a param group a step added before the checkpoint was saved (values restored after)."""
+        by_name = dict(pl_module.named_parameters())
+        missing = [n for n in group["params"] if n not in by_name]
+        if missing:
+            raise RuntimeError(
+                f"LayerFreezer cannot restore param group {group['name']!r}: the model has no "
+                f"parameters {shorten(missing, 12)}."
+            )
+        params = [by_name[n] for n in group["params"]]
+        held = optimizer_param_ids(trainer.optimizers)
+        if any(id(p) in held for p in params):
+            raise RuntimeError(
+                f"LayerFreezer cannot restore param group {group['name']!r}: `configure_optimizers` "
+                "already put some of its parameters in the optimizer, unlike the run that saved the "
+                "checkpoint; the optimizer state would not match."
+            )
+        bucket = self._buckets.get(id(params[0]), DEFAULT_BUCKET)
+        self._add_group(trainer, index, params, list(group["params"]), group["name"], bucket)
+
+    def _check_schedulers(self, trainer: pl.Trainer) -> None:
+        """Refuse at fit start a scheduler that cannot keep a step's lr in proportion (instead of at the step)."""
+        arg = (
+            "unfrozen_lr"
+            if self.unfrozen_lr is not None
+            else "layer_decay"
+            if self.layer_decay is not None
+            else "unfreeze lr"
+            if any(s.lr is not None for s in self._steps)
+            else "the user's param groups (their lr ratios)"
+            if any(b.ratio != 1.0 for b in self._buckets.values())
+            else None
+        )
+        if arg is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if config.scheduler.optimizer is trainer.optimizers[0]:
+                try:
+                    check_proportional(config.scheduler)
+                except ValueError as err:
+                    raise ValueError(f"`{arg}`: {err}") from None
+
+    # --------------------------------------------------------------------------------------------- helpers --
     def _unfreeze(self, pl_module: nn.Module, modules: Iterable[str]) -> list[tuple[str, nn.Parameter]]:
         """Unfreeze ``modules``; return the parameters that became trainable (frozen by no other module)."""
         modules = set(modules)
         if not modules:
             return []
         self._frozen -= modules
-        owners = _owner_map(pl_module)
+        owners = owner_map(pl_module)
         params = []
         for name, param in self._own(pl_module, modules):
             if not any(o in self._frozen for o in owners[id(param)]):
                 param.requires_grad_(True)
                 params.append((name, param))
-        _mark_frozen(pl_module, [p for _, p in params], False)
+        mark_frozen(pl_module, [p for _, p in params], False)
         for name, module in pl_module.named_modules():
             if name in modules and isinstance(module, _NormBase):
                 module.train(pl_module.training)
-                module.__dict__.pop(_EVAL_MARK, None)
+                module.__dict__.pop(EVAL_MARK, None)
         self._refresh_norms()
         return params
 
     def _own(self, root: nn.Module, modules: set[str]) -> list[tuple[str, nn.Parameter]]:
         """The parameters owned by ``modules`` that LayerFreezer may freeze and unfreeze (not the foreign ones)."""
-        return [(n, p) for n, p in _owned_parameters(root, modules) if id(p) not in self._foreign]
-
-    def _release_stale(self, pl_module: nn.Module, stale: set[int]) -> None:
-        """Unfreeze what an earlier LayerFreezer froze and this one does not select; restore its norms' mode."""
-        params = [(n, p) for n, p in pl_module.named_parameters() if id(p) in stale]
-        for _, param in params:
-            param.requires_grad_(True)
-        _mark_frozen(pl_module, [p for _, p in params], False)
-        norms = self._release_norms(pl_module)
-        said = []
-        if params:
-            said.append(
-                f"unfroze {len(params)} parameter tensors that an earlier LayerFreezer froze and `freeze` does not "
-                f"select now: {shorten([n for n, _ in params], 12)}"
-            )
-        if norms:
-            mode = "train" if pl_module.training else "eval"
-            said.append(
-                f"put {len(norms)} normalization layers that it kept in eval mode back in the model's {mode} "
-                f"mode: {shorten(norms, 12)}"
-            )
-        if said:
-            rank_zero_info("LayerFreezer: " + "; ".join(said))
-
-    def _release_norms(self, pl_module: nn.Module) -> list[str]:
-        """Put the norms a LayerFreezer kept in eval mode and this one does not back in the model's mode."""
-        keep = self._frozen if self.bn == "eval" else set()
-        released = []
-        for name, module in pl_module.named_modules():
-            if module.__dict__.get(_EVAL_MARK) and name not in keep:
-                module.train(pl_module.training)
-                del module.__dict__[_EVAL_MARK]
-                released.append(name)
-        return released
-
-    def _warn_foreign(self, pl_module: nn.Module) -> None:
-        if not self._foreign:
-            return
-        names = [n for n, p in pl_module.named_parameters() if id(p) in self._foreign]
-        rank_zero_warn(
-            f"LayerFreezer: {len(names)} parameter tensors were frozen before this fit by something other than a "
-            f"LayerFreezer (e.g. `requires_grad_(False)`): {shorten(names, 12)}. They stay frozen: LayerFreezer "
-            "neither takes them over nor unfreezes them at a milestone. To train them, call "
-            "`requires_grad_(True)` on them before `fit`; to let LayerFreezer manage them, do that too and "
-            "select them with `freeze`."
-        )
-
-    def _sync_next_milestone(self) -> None:
-        done = {rec["epoch"] for rec in self._applied}
-        self._next_milestone = min((e for e in self._schedule if e not in done), default=None)
-
-    def _apply_due_milestones(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        done = {rec["epoch"] for rec in self._applied}
-        for epoch in sorted(self._schedule):
-            if epoch <= trainer.current_epoch and epoch not in done:
-                self._apply_milestone(trainer, pl_module, epoch)
-
-    def _restore_group(self, trainer: pl.Trainer, pl_module: nn.Module, rec: dict[str, Any]) -> None:
-        """Add back the param group a milestone applied before the checkpoint was saved."""
-        by_name = dict(pl_module.named_parameters())
-        missing = [n for n in rec["group"] if n not in by_name]
-        if missing:
-            raise RuntimeError(
-                f"LayerFreezer cannot restore param group {rec['group_name']!r}: the model has no "
-                f"parameters {shorten(missing, 12)}."
-            )
-        params = [by_name[n] for n in rec["group"]]
-        held = optimizer_param_ids(trainer.optimizers)
-        if any(id(p) in held for p in params):
-            raise RuntimeError(
-                f"LayerFreezer cannot restore param group {rec['group_name']!r}: `configure_optimizers` "
-                "already put some of its parameters in the optimizer, unlike the run that saved the "
-                "checkpoint; the optimizer state would not match."
-            )
-        self._add_group(trainer, params, rec["group"], rec["group_name"])
-
-    def _add_group(
-        self, trainer: pl.Trainer, params: list[nn.Parameter], names: list[str], group_name: str
-    ) -> None:
-        optimizer = trainer.optimizers[0]
-        add_param_group(
-            optimizer,
-            params,
-            name=group_name,
-            lr=self.unfrozen_lr,
-            schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
-            param_names=names,
-            fallback_lr=self._base_lr0,
-        )
+        return [(n, p) for n, p in owned_parameters(root, modules) if id(p) not in self._foreign]
 
     def _refresh_norms(self) -> None:
         module = self._module
@@ -559,87 +772,28 @@ class LayerFreezer(StateKeyOnce):
 
     def _refresh_unsynced(self, pl_module: nn.Module) -> None:
         unfrozen = {m for rec in self._applied for m in rec["modules"]}
-        self._unsynced.track(p for _, p in _owned_parameters(pl_module, unfrozen))
+        self._unsynced.track(p for _, p in owned_parameters(pl_module, unfrozen))
 
     def _apply_norm_mode(self) -> None:
         if self.bn == "eval":
             for module in self._frozen_norms:
                 if module.training:
                     module.train(False)
-                    module.__dict__[_EVAL_MARK] = True  # so that a later fit can put it back
+                    module.__dict__[EVAL_MARK] = True  # so that a later fit can put it back
 
     def _top(self, names: set[str]) -> list[str]:
         """The outermost names of a set closed under descendants (for messages)."""
-        return sorted(n for n in names if not any(n.startswith(o + ".") for o in names))
+        return outermost(names)
 
 
-def _mark_frozen(root: nn.Module, params: Iterable[nn.Parameter], frozen: bool) -> None:
-    """Record (or erase) on their modules that a LayerFreezer froze ``params``: local names in ``_FROZEN_MARK``."""
-    ids = {id(p) for p in params}
-    if not ids:
-        return
-    for module in root.modules():
-        local = {n for n, p in module.named_parameters(recurse=False) if id(p) in ids}
-        if not local:
-            continue
-        names = set(module.__dict__.get(_FROZEN_MARK, ()))
-        names = names | local if frozen else names - local
-        if names:
-            module.__dict__[_FROZEN_MARK] = frozenset(names)
-        else:
-            module.__dict__.pop(_FROZEN_MARK, None)
-
-
-def _marked_frozen(root: nn.Module) -> set[int]:
-    """``id()`` of the parameters of ``root`` that a LayerFreezer froze and that are still frozen."""
-    ids = set()
-    for module in root.modules():
-        names = module.__dict__.get(_FROZEN_MARK)
-        if names:
-            ids |= {
-                id(p) for n, p in module.named_parameters(recurse=False) if n in names and not p.requires_grad
-            }
-    return ids
-
-
-def _check_schedule(unfreeze: Mapping[int, Patterns] | None) -> dict[int, list[re.Pattern[str]] | None]:
-    if unfreeze is None:
-        return {}
-    if not isinstance(unfreeze, Mapping):
-        raise TypeError(
-            f"`unfreeze` must be a dict {{epoch: pattern}}, got {type(unfreeze).__name__} {unfreeze!r}"
-        )
-    schedule: dict[int, list[re.Pattern[str]] | None] = {}
-    for epoch, patterns in unfreeze.items():
-        check_int(f"unfreeze key {epoch!r}", epoch, low=0)
-        schedule[epoch] = compile_patterns(f"unfreeze[{epoch}]", patterns)
-    return schedule
-
-
-def _with_descendants(chosen: Sequence[str], names: Sequence[str]) -> set[str]:
-    prefixes = tuple(c + "." for c in chosen)
-    return set(chosen) | {n for n in names if n.startswith(prefixes)}
-
-
-def _owned_parameters(root: nn.Module, modules: set[str]) -> list[tuple[str, nn.Parameter]]:
-    """Parameters (deduplicated, ``named_parameters`` order) directly owned by one of the named ``modules``."""
-    if not modules:
-        return []
-    ids = {id(p) for n, m in root.named_modules() if n in modules for p in m.parameters(recurse=False)}
-    return [(n, p) for n, p in root.named_parameters() if id(p) in ids]
-
-
-def _owner_map(root: nn.Module) -> dict[int, list[str]]:
-    """``id(parameter)`` -> names of the modules that hold it directly (several when weights are tied)."""
-    owners: dict[int, list[str]] = {}
-    for name, module in root.named_modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(name)
-    return owners
-
-
-def _check_scheduler(scheduler: Any) -> None:
-    try:
-        check_proportional(scheduler)
-    except ValueError as err:
-        raise ValueError(f"`unfrozen_lr`: {err}") from None
+def _record(rec: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """An applied step as stored by :meth:`LayerFreezer.state_dict` (also the older one-group form)."""
+    groups = rec.get("groups")
+    if groups is None:
+        groups = [{"name": rec["group_name"], "params": list(rec["group"])}] if rec.get("group") else []
+    return {
+        "step": int(rec.get("step", position)),
+        "epoch": rec.get("epoch"),
+        "modules": list(rec.get("modules", [])),
+        "groups": [{"name": g["name"], "params": list(g["params"])} for g in groups],
+    }

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_number
+from lightning_dnn._lightning import rank_zero_warn
 from lightning_dnn._selection import Patterns, compile_patterns, select_parameters
 from lightning_dnn.callbacks._state_key import StateKeyOnce
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["GradientClipping"]
 

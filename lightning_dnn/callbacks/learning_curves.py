@@ -8,10 +8,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from typing_extensions import override
+
+from lightning_dnn._lightning import Callback
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["LearningCurves", "plot_learning_curves"]
 
@@ -74,7 +78,7 @@ def plot_learning_curves(history: list[dict[str, float]], path: str | os.PathLik
     return path
 
 
-class LearningCurves(pl.Callback):
+class LearningCurves(Callback):
     """Record epoch-level ``*_loss`` / ``*_acc`` metrics and plot them to a PNG after every epoch.
 
     The history is part of the checkpoint, so a resumed run continues the same curve. Only global rank 0 writes.

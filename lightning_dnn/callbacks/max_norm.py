@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
@@ -16,6 +15,9 @@ from typing_extensions import override
 from lightning_dnn._checks import check_choice, check_number
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules
 from lightning_dnn.callbacks._state_key import StateKeyOnce
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["MaxNorm"]
 

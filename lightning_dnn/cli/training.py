@@ -16,21 +16,30 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import yaml
-from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from typing_extensions import override
 
+from lightning_dnn._lightning import api
 from lightning_dnn.callbacks._state_key import StateKeyOnce
 from lightning_dnn.callbacks.learning_curves import LearningCurves
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.profiler import NoOpProfiler
 
 __all__ = ["DEFAULT_MODEL", "DNNCLI", "ThrottledRichProgressBar", "default_loggers", "with_default_model"]
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+    from pytorch_lightning.cli import LightningCLI
+    from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+else:  # the primary package: LIGHTNING_DNN_PACKAGE's, else pytorch_lightning when installed, else lightning
+    pl, _callbacks, _loggers = api(), api("callbacks"), api("loggers")
+    Checkpoint, ModelCheckpoint = _callbacks.Checkpoint, _callbacks.ModelCheckpoint
+    RichProgressBar, TQDMProgressBar = _callbacks.RichProgressBar, _callbacks.TQDMProgressBar
+    LightningCLI = api("cli").LightningCLI
+    CSVLogger, Logger, TensorBoardLogger = _loggers.CSVLogger, _loggers.Logger, _loggers.TensorBoardLogger
 
 #: The model the CLI trains when neither the command line nor a config names a LightningModule class.
 DEFAULT_MODEL = f"{DNNClassifier.__module__.rsplit('.', 1)[0]}.{DNNClassifier.__name__}"

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
+
+from lightning_dnn._lightning import rank_zero_warn
 
 __all__ = ["check_class_coverage", "check_finite", "finite_statistics"]
 

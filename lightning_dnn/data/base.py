@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
+from lightning_dnn._lightning import LightningDataModule
 from lightning_dnn.data._augment import AugmentSpec, build_augmentation
 from lightning_dnn.data._splits import remap_classes, sample_per_class, stratified_holdout
 from lightning_dnn.data._validate import check_class_coverage, check_finite, finite_statistics
@@ -64,7 +64,7 @@ class DatasetInfo:
         return math.prod(self.sample_shape)
 
 
-class ClassificationDataModule(pl.LightningDataModule, ABC):
+class ClassificationDataModule(LightningDataModule, ABC):
     """Base class of the data modules: everything except reading the raw arrays.
 
     A subclass describes its source with a :class:`DatasetInfo` and implements :meth:`load_arrays`. This class

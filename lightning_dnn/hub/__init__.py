@@ -5,8 +5,10 @@
   ``README.md`` model card;
 * :func:`load_pretrained` reads a local folder, ``hf://org/name[@revision]`` or ``zoo:name``, whole or in part
   (``include="hidden[123]"``), into a new network or an existing one (``into=``), with a :class:`LoadReport`;
+  folders written by timm (``save_for_hf``) and by huggingface_hub's ``PyTorchModelHubMixin`` load too;
 * :func:`push_to_hub` publishes a folder or a network;
-* :func:`load_foreign_arrays` imports arrays from ``.npz``/Keras ``.h5`` files, converting TF layouts;
+* :func:`load_foreign_arrays` imports arrays from ``.npz``, Keras ``.h5`` and Keras 3 ``.keras``/``.weights.h5``
+  files (under the layer names the user gave in Keras), converting TF layouts;
 * :func:`register_architecture` adds a network class that config.json can name;
 * :func:`load_zoo_index`/:func:`resolve_zoo` read the zoo index that ships inside the package (``zoo:name``).
 

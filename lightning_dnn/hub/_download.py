@@ -4,7 +4,8 @@ Everything goes through ``hf_hub_download``: its cache (``HF_HUB_CACHE``/``cache
 ``endpoint=``, ``HF_HUB_OFFLINE``, and tokens. ``config.json`` is fetched first at the requested revision (which
 writes the branch/tag -> commit ref into the cache); the other files are fetched at the commit it resolved to, so
 one load never mixes files of two commits. A repo without ``config.json`` (weights only) is fetched from
-``model.safetensors`` on; one without ``model.safetensors`` from ``model.safetensors.index.json`` and its shards. huggingface_hub downloads into a process-unique ``*.incomplete`` file
+``model.safetensors`` on; one without ``model.safetensors`` from ``model.safetensors.index.json`` and its shards; a repo whose config.json
+no format rule recognises also has its ``README.md`` fetched (PyTorchModelHubMixin's card tags it). huggingface_hub downloads into a process-unique ``*.incomplete`` file
 and renames it into the cache only when complete (a failed transfer deletes it), so a later load never finds a
 partial file.
 
@@ -37,7 +38,9 @@ from huggingface_hub.errors import (
 
 from lightning_dnn._version import __version__
 from lightning_dnn.hub._distributed import rank_zero_first
+from lightning_dnn.hub._formats import UNKNOWN, folder_format, pickle_hint
 from lightning_dnn.hub._io import (
+    CARD_NAME,
     CONFIG_NAME,
     INDEX_NAME,
     LIBRARY_NAME,
@@ -122,9 +125,18 @@ def _fetch(
     config_path = download(repo_id, CONFIG_NAME, revision, missing_ok=True)
     paths: dict[str, Path] = {} if config_path is None else {CONFIG_NAME: config_path}
     commit = _commit_of(config_path) if config_path else None
+    if config_path is not None and folder_format(config_path.parent).name == UNKNOWN:
+        # another library's config.json: its model card may say which (PyTorchModelHubMixin tags its cards)
+        download(repo_id, CARD_NAME, commit or revision, missing_ok=True)
     weights = _fetch_weights(download, repo_id, revision, commit)
     if not weights:  # raise the error that explains it: the repo's (no config either) or the weights'
-        download(repo_id, WEIGHTS_NAME if config_path else CONFIG_NAME, commit or revision)
+        try:
+            download(repo_id, WEIGHTS_NAME if config_path else CONFIG_NAME, commit or revision)
+        except UnsafeWeightsError as err:
+            hint = pickle_hint(folder_format(config_path.parent)) if config_path is not None else ""
+            if not hint:
+                raise
+            raise UnsafeWeightsError(f"{err}{hint}", err.files) from None
         raise AssertionError("unreachable")  # pragma: no cover
     paths.update(weights)
     commit = _commit_of(next(iter(paths.values())))

@@ -4,11 +4,14 @@ Package-internal. A timm repo holds ``config.json`` with ``architecture`` (``"re
 ``.tag``), ``num_classes`` and ``pretrained_cfg``, and ``model.safetensors`` with timm's names. :data:`FAMILIES`
 lists the architecture families whose timm names are known, with the prefix renames (timm -> torchvision) where
 they differ; only verified entries are listed (timm's ResNet uses torchvision's names: ``conv1``, ``bn1``,
-``layer1``..``layer4`` with ``downsample.0/1``, ``fc``).
+``layer1``..``layer4`` with ``downsample.0/1``, ``fc``). Without ``into=``, a known family is built from
+torchvision and any other architecture with timm itself (``timm.create_model(architecture, **model_args)``, when
+timm is installed).
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Mapping
@@ -38,6 +41,12 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+#: ``timm.create_model`` arguments that load or fetch weights; never taken from a config.json.
+_TIMM_LOADING_ARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
+)
+
+
 @dataclass(frozen=True)
 class TimmLayout:
     """A repo in timm's layout: its architecture (without a ``.tag``), class count and known family (if any).
@@ -51,6 +60,7 @@ class TimmLayout:
     architecture: str
     num_classes: int | None
     family: str | None
+    model_args: Mapping[str, Any] = field(default_factory=dict)
 
     def translate(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The file's tensors under torchvision's names (unchanged for an unknown family, which is logged)."""
@@ -69,6 +79,44 @@ class TimmLayout:
             f"renames {dict(renames)}" if renames else "timm's names are torchvision's",
         )
         return apply_rename(tensors, renames, check_unused=False) if renames else dict(tensors)
+
+    def build(self) -> nn.Module:
+        """The torchvision network for a known family (:meth:`build_torchvision`), else timm's own (:meth:`build_timm`)."""
+        return self.build_torchvision() if self.family is not None else self.build_timm()
+
+    def build_timm(self) -> nn.Module:
+        """The timm network of this architecture, randomly initialized, from the config's ``model_args``.
+
+        Raises:
+            ValueError: when timm is not installed or has no such architecture.
+        """
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(
+                f"timm architecture {self.architecture!r} has no torchvision counterpart here (known families: "
+                f"{', '.join(FAMILIES)}) and timm is not installed: pip install timm, or build the network "
+                "yourself and load into it: load_pretrained(source, into=net)"
+            ) from None
+        if not timm.is_model(self.architecture):
+            close = difflib.get_close_matches(self.architecture, timm.list_models(), n=3)
+            raise ValueError(
+                f"timm {timm.__version__} has no architecture {self.architecture!r} (close matches: {close}); "
+                "upgrade timm, or build the network yourself and load into it: load_pretrained(source, into=net)"
+            )
+        loaders = sorted(set(self.model_args) & _TIMM_LOADING_ARGS)
+        if loaders:
+            raise ValueError(
+                f"timm config for {self.architecture!r}: 'model_args' {loaders} would make timm load files or "
+                "download weights (checkpoint_path unpickles); remove them from config.json, or build the network "
+                "yourself and load into it: load_pretrained(source, into=net)"
+            )
+        kwargs = dict(self.model_args)
+        if self.num_classes is not None:
+            kwargs.setdefault("num_classes", self.num_classes)
+        log.info("timm layout: building timm's %r with %s", self.architecture, kwargs)
+        net: nn.Module = timm.create_model(self.architecture, pretrained=False, **kwargs)
+        return net
 
     def build_torchvision(self) -> nn.Module:
         """The torchvision network of this architecture with ``num_classes`` outputs, randomly initialized.
@@ -107,4 +155,7 @@ def timm_layout(document: Mapping[str, Any] | None) -> TimmLayout | None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         num_classes = None
     family = next((key for key, fam in FAMILIES.items() if fam.pattern.fullmatch(name)), None)
-    return TimmLayout(name, num_classes, family)
+    model_args = document.get("model_args")
+    if not isinstance(model_args, dict) or not all(isinstance(k, str) for k in model_args):
+        model_args = {}
+    return TimmLayout(name, num_classes, family, model_args)

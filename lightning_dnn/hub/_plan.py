@@ -51,6 +51,9 @@ class LoadReport:
         prefix: the child the file was loaded into when its names are relative to it (``"net"`` for a
             LightningModule holding ``self.net``); ``""`` when they are relative to the target itself. All names
             above are then relative to that child.
+        source_format: the library whose folder :func:`~lightning_dnn.hub.load_pretrained` read
+            (``"lightning-dnn"``, ``"timm"``, ``"pytorch-model-hub-mixin"``, ``"transformers"``, ``"diffusers"``,
+            ``"safetensors"`` for weights only, ``"unknown"``); ``""`` for other loads.
 
     Example:
         >>> report = LoadReport(loaded=["a.weight"], mismatched=[("b.weight", (3, 2), (4, 2))])
@@ -69,6 +72,7 @@ class LoadReport:
     mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
     dtype_mismatched: list[tuple[str, str, str]] = field(default_factory=list)
     prefix: str = ""
+    source_format: str = ""
 
     @property
     def ok(self) -> bool:
@@ -116,6 +120,8 @@ class LoadReport:
             lines.append(f"  dtype-mismatched: {', '.join(_dtype_text(m) for m in self.dtype_mismatched)}")
         if self.prefix:
             lines.append(f"  into: {self.prefix} (the file's names are relative to it)")
+        if self.source_format:
+            lines.append(f"  format: {self.source_format}")
         return "\n".join(lines)
 
 

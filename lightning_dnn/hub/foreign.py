@@ -29,11 +29,20 @@ anything else                 biases, BN gamma/beta/moving   as is
 ``weight_names`` attribute of each layer group, e.g. ``hidden1/kernel:0``) when the file has them, else by their
 path inside the file; a whole-model file's ``model_weights`` group is used when present. ``.npz`` files are read
 with ``allow_pickle=False``.
+
+Keras 3 files (``model.save("m.keras")``, ``model.save_weights("m.weights.h5")``) store each layer under an
+automatic name (``layers/dense_1/vars/0``). A ``.keras`` archive carries the model's config, so its arrays are
+named by Keras's own variable paths, with the layer names the user gave (``my_hidden1/kernel``,
+``my_bn/moving_mean``, ``block/inner/kernel`` inside a nested model), as ``layer.weights[i].path`` shows them in
+Keras. A standalone ``.weights.h5`` keeps the storage names unless ``config=`` supplies the model's config (the
+``.keras`` archive, or a JSON file from ``model.to_json()``); a config that does not match the file is refused, and
+arrays it cannot name keep their storage names with a warning. The optimizer's state is left out.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -44,12 +53,22 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from lightning_dnn._checks import check_bool, check_choice
+from lightning_dnn.hub._keras import (
+    HDF5_MAGIC,
+    ZIP_MAGIC,
+    import_h5py,
+    is_keras3_weights,
+    keras3_arrays,
+    read_keras_archive,
+    read_keras_config,
+)
 from lightning_dnn.hub._plan import LoadReport, copy_pairs, rank_zero_warn
 from lightning_dnn.hub.errors import StrictLoadError, UnsafeWeightsError
 
 __all__ = ["load_foreign_arrays", "read_foreign_arrays"]
 
 Layout = Literal["tf", "torch"]
+_KERAS3_STORAGE = re.compile(r"(.+/)?layers/\w+/vars/\d+")
 
 
 def load_foreign_arrays(
@@ -59,18 +78,21 @@ def load_foreign_arrays(
     *,
     layout: Layout = "tf",
     strict: bool = True,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
 ) -> LoadReport:
     """Copy arrays from another framework into ``net``'s parameters and buffers, converting the layout.
 
     Args:
         net: the network to load into (modified in place).
-        source: a ``.npz`` file, a Keras/TF ``.h5`` weights file, or a mapping name -> array (numpy arrays or
-            anything ``np.asarray`` accepts).
+        source: a ``.npz`` file, a Keras/TF ``.h5`` weights file, a Keras 3 ``.keras`` archive or
+            ``.weights.h5`` file, or a mapping name -> array (numpy arrays or anything ``np.asarray`` accepts).
         name_map: the file's array name -> our parameter or buffer name, e.g.
             ``{"hidden1/kernel:0": "hidden1.linear.weight"}``.
         layout: ``"tf"`` to convert kernels from TensorFlow's layout (see the module docstring), ``"torch"`` to
             copy as is.
         strict: raise on any problem (copying nothing); ``False`` warns and copies what fits.
+        config: for a Keras 3 ``.weights.h5`` file, the model's config (a ``.keras`` archive, a JSON file from
+            ``model.to_json()``, or that JSON as a mapping), so arrays are named by the user's layer names.
 
     Returns:
         a :class:`~lightning_dnn.hub.LoadReport`: ``loaded`` (our names filled), ``skipped`` (file arrays not in
@@ -80,8 +102,9 @@ def load_foreign_arrays(
     Raises:
         StrictLoadError: with ``strict=True``, for missing, unexpected or mismatched names; the message gives
             both shapes of each mismatch (as stored and converted) and lists the unmapped arrays.
-        ImportError: for an ``.h5`` file without h5py installed.
-        TypeError, ValueError: for invalid arguments or an unreadable file.
+        ImportError: for an ``.h5`` or ``.keras`` file without h5py installed.
+        TypeError, ValueError: for invalid arguments or an unreadable file (a ``.keras`` file that is not a Keras 3
+            zip archive, a ``config`` that does not match the weights or is given for another kind of source).
 
     Example:
         A TF dense layer computes ``x @ kernel + bias``; after loading, our Linear gives the same outputs:
@@ -103,7 +126,7 @@ def load_foreign_arrays(
     layout = check_choice("layout", layout, ("tf", "torch"))  # type: ignore[assignment]
     check_bool("strict", strict)
     _check_name_map(name_map)
-    arrays = read_foreign_arrays(source)
+    arrays = read_foreign_arrays(source, config=config)
     report, pairs, details = _plan_foreign_load(net, arrays, name_map, layout)
     if not report.ok:
         text = _problems(report, details, arrays, type(net).__name__)
@@ -170,22 +193,40 @@ def _problems(report: LoadReport, details: list[str], arrays: Mapping[str, np.nd
         lines.append(f"shape mismatch ({len(details)}): {'; '.join(details)}")
     lines.append(f"unmapped file arrays ({len(report.skipped)}): {', '.join(report.skipped) or '(none)'}")
     lines.append(f"available file arrays: {', '.join(arrays) or '(none)'}")
+    if report.missing and any(_KERAS3_STORAGE.fullmatch(name) for name in arrays):
+        lines.append(
+            "The file's arrays carry Keras 3's automatic storage names (layers/<class>_<n>/vars/<i>), not your layer "
+            "names: pass config= (the .keras archive, or a model.to_json() file) to name them as in Keras."
+        )
     return "\n".join(lines)
 
 
-def read_foreign_arrays(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Read every array of a ``.npz`` or ``.h5`` file (or validate a mapping) as name -> numpy array.
+def read_foreign_arrays(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Read every array of a ``.npz``, ``.h5`` or ``.keras`` file (or validate a mapping) as name -> numpy array.
+
+    Args:
+        source: the file or mapping (see :func:`load_foreign_arrays`).
+        config: a Keras 3 model config naming the layers of a ``.weights.h5`` file (see the module docstring).
 
     Raises:
-        ImportError: for an ``.h5`` file without h5py.
+        ImportError: for an ``.h5`` or ``.keras`` file without h5py.
         UnsafeWeightsError: for an ``.npz`` holding pickled object arrays (never unpickled).
-        TypeError, ValueError: for an unsupported source or an array that is not numeric.
+        TypeError, ValueError: for an unsupported source, an array that is not numeric, a ``.keras`` file that is
+            not a Keras 3 archive, or a ``config`` that does not fit the source.
 
     Example:
         >>> read_foreign_arrays({"w": [[1.0, 2.0]]})["w"].shape
         (1, 2)
     """
     if isinstance(source, Mapping):
+        if config is not None:
+            raise ValueError(
+                "`config` names the layers of a Keras 3 .weights.h5 file; got a mapping as `source`"
+            )
         return {str(k): _numeric(k, v) for k, v in source.items()}
     if not isinstance(source, str | os.PathLike):
         raise TypeError(
@@ -195,6 +236,11 @@ def read_foreign_arrays(source: str | os.PathLike[str] | Mapping[str, Any]) -> d
     if not path.is_file():
         raise FileNotFoundError(f"`source` {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    if config is not None and suffix not in (".h5", ".hdf5"):
+        raise ValueError(
+            f"`config` names the layers of a Keras 3 .weights.h5 file; {str(path)!r} is not one (a .keras "
+            "archive carries its own config)"
+        )
     if suffix == ".npz":
         out = {}
         with np.load(path, allow_pickle=False) as data:
@@ -208,19 +254,45 @@ def read_foreign_arrays(source: str | os.PathLike[str] | Mapping[str, Any]) -> d
                         [name],
                     ) from None
         return out
-    if suffix in (".h5", ".hdf5", ".keras"):
-        return _read_h5(path)
-    raise ValueError(f"`source` {str(path)!r}: unsupported file type {suffix!r}; expected .npz or .h5")
+    if suffix == ".keras":
+        return _read_keras(path)
+    if suffix in (".h5", ".hdf5"):
+        return _read_h5(path, config)
+    raise ValueError(
+        f"`source` {str(path)!r}: unsupported file type {suffix!r}; expected .npz, .h5 or .keras"
+    )
 
 
-def _read_h5(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import h5py
-    except ImportError as err:
-        raise ImportError(f"Reading {str(path)!r} needs h5py: pip install h5py") from err
+def _read_keras(path: Path) -> dict[str, np.ndarray]:
+    """A ``.keras`` file: a Keras 3 zip archive, or (older Keras) an HDF5 file saved under that suffix."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(ZIP_MAGIC):
+        return {name: _numeric(name, array) for name, array in read_keras_archive(path).items()}
+    if magic == HDF5_MAGIC:
+        return _read_h5(path, None)
+    raise ValueError(
+        f"{str(path)!r} is not a Keras 3 archive: a .keras file is a zip holding config.json, model.weights.h5 "
+        f"and metadata.json (written by model.save('model.keras')), but this file starts with {magic!r}"
+    )
 
+
+def _read_h5(path: Path, config: str | os.PathLike[str] | Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    h5py = import_h5py(path)
+    document = read_keras_config(config) if config is not None else None
     out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
+    try:
+        opened = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"`source` {str(path)!r} is not an HDF5 file that h5py can read ({err})") from None
+    with opened as f:
+        if is_keras3_weights(f):
+            return {k: _numeric(k, v) for k, v in keras3_arrays(f, document, repr(str(path))).items()}
+        if document is not None:
+            raise ValueError(
+                f"`config` names the layers of a Keras 3 .weights.h5 file; {str(path)!r} is in Keras 2's layout "
+                "(its arrays already carry the layer names)"
+            )
         root = f["model_weights"] if "model_weights" in f else f
         named = False
         for layer in root.values():

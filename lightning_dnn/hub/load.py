@@ -11,6 +11,12 @@
   with the sha256 of each file verified after download (a mismatch deletes the file from the cache and raises);
   a local clone's zoo folder with matching hashes is used without any network access.
 
+Folders written by other libraries are recognised (see ``docs/FOREIGN_FORMATS.md``): timm's ``save_for_hf``/
+``push_to_hf_hub`` (``config.json`` with ``architecture``; built with torchvision for a known family or with timm,
+or loaded ``into=`` any network) and huggingface_hub's ``PyTorchModelHubMixin`` (its card's tag; ``config.json``
+holds constructor arguments, so it loads ``into=`` the user's network); :attr:`LoadReport.source_format` names the
+format. A ``config.json`` that matches no format is refused without ``into`` with the list of formats recognised.
+
 Only safetensors files are ever read (``model.safetensors``, or the shards an index's ``weight_map`` names:
 plain file names next to the index, never paths): a folder or repo that has only pickle files (``pytorch_model.bin``,
 ``*.pt``, ``*.pkl``, ``*.ckpt``), or a pickle saved under that name, is refused with
@@ -40,13 +46,21 @@ from lightning_dnn.hub._build import (
     meta_skeleton,
 )
 from lightning_dnn.hub._download import fetch_repo_folder, first_line, verify_sha256
+from lightning_dnn.hub._formats import (
+    LIGHTNING_DNN,
+    TIMM,
+    FolderFormat,
+    detect_format,
+    folder_format,
+    pickle_hint,
+    unbuildable_message,
+)
 from lightning_dnn.hub._io import (
     CONFIG_NAME,
     INDEX_NAME,
     WEIGHTS_NAME,
     device_of,
     find_pickle_files,
-    is_ours,
     read_config,
     read_json,
     unsafe_weights_message,
@@ -105,7 +119,8 @@ def load_pretrained(
             holding ``self.net``), the tensors go into that child, ``include``/``exclude`` are relative to it, and
             :attr:`LoadReport.prefix` names it. A timm repo (``config.json`` with ``architecture``) has its names
             mapped onto the torchvision network of that name (see ``hub/_layouts.py``); without ``into`` that
-            torchvision network is built.
+            torchvision network is built, or timm's own for an architecture torchvision lacks (timm installed).
+            A PyTorchModelHubMixin folder needs ``into`` (its config does not name its class).
         map_location: where the tensors are loaded; a network built from ``config.json`` is placed there too.
         endpoint: the Hub endpoint (default ``HF_ENDPOINT``, i.e. https://huggingface.co).
         token: a Hub token (default: huggingface_hub's, from ``HF_TOKEN`` or ``hf auth login``).
@@ -120,7 +135,8 @@ def load_pretrained(
         StrictLoadError: with ``strict=True``, for missing, unexpected or mismatched names.
         StrictLoadError: also for a tensor whose dtype kind differs from the target's (integer or bool weights
             into float parameters); ``strict=False`` warns and leaves it out.
-        UnsafeWeightsError: if the weights exist only as pickle files, or model.safetensors is a pickle.
+        UnsafeWeightsError: if the weights exist only as pickle files, or model.safetensors is a pickle (for a
+            timm folder, the message says how timm writes safetensors).
         WeightsFileError: if model.safetensors is empty, truncated or not a safetensors file.
         HubDownloadError: if a Hub file cannot be fetched (names the repo, file, revision, endpoint, the cause
             and whether a cached copy exists); :class:`~lightning_dnn.hub.ChecksumMismatchError` for a zoo hash
@@ -129,7 +145,9 @@ def load_pretrained(
             config.json and no ``into``.
         TypeError, ValueError: for invalid arguments; ValueError for a config.json that is not valid, does not
             build its architecture, names a class that is untrusted (never imported) or has no recorded
-            constructor arguments (pass ``into``), or describes far more elements than the weights hold.
+            constructor arguments (pass ``into``), or describes far more elements than the weights hold; without
+            ``into``, for another library's config.json that cannot be built (PyTorchModelHubMixin, transformers,
+            one no rule recognises: the message names the format, or lists the formats recognised).
 
     Example:
         >>> import tempfile
@@ -162,24 +180,22 @@ def load_pretrained(
     )
     files = weight_files(path)
     config_path = path / CONFIG_NAME if path.is_dir() and (path / CONFIG_NAME).is_file() else None
-    document = _read_document(config_path, mandatory=into is None, described=described)
+    document, fmt = _read_document(config_path, mandatory=into is None, described=described)
     header = read_headers(files, described)
-    layout = timm_layout(document)
-    if into is not None:
+    layout = timm_layout(document) if fmt.name == TIMM else None
+    if fmt.name != LIGHTNING_DNN:
+        log.info("%s: %s folder (%s)", described, fmt.name, fmt.evidence)
+    if into is not None or layout is not None:
+        net = into if into is not None else layout.build().to(device)  # type: ignore[union-attr]
         tensors = load_all(files, device, described)
         if layout is not None:
             tensors = layout.translate(tensors)
         report = load_into(
-            into, tensors, include=include, exclude=exclude, rename=rename, strict=strict, source=described
-        )
-        return into, report
-    assert document is not None and config_path is not None  # _read_document raised otherwise
-    if layout is not None:
-        net = layout.build_torchvision().to(device)
-        tensors = layout.translate(load_all(files, device, described))
-        return net.eval(), load_into(
             net, tensors, include=include, exclude=exclude, rename=rename, strict=strict, source=described
         )
+        report.source_format = fmt.name
+        return (net, report) if into is not None else (net.eval(), report)
+    assert document is not None and config_path is not None  # _read_document raised otherwise
     if "class_path" in document:
         spec: ArchitectureSpec = class_path_spec(document, config_path)
         build_document = {"config": document["init_args"]}
@@ -192,22 +208,34 @@ def load_pretrained(
     net, report = build_and_load(
         spec, build_document, skeleton, tensors, device, include, exclude, rename, strict, described
     )
+    report.source_format = fmt.name
     return net.eval(), report
 
 
-def _read_document(config_path: Path | None, *, mandatory: bool, described: str) -> dict[str, Any] | None:
-    """The source's config.json: checked when it is ours, as it is when foreign (timm's), ``None`` when absent."""
+def _read_document(
+    config_path: Path | None, *, mandatory: bool, described: str
+) -> tuple[dict[str, Any] | None, FolderFormat]:
+    """The source's config.json (checked when it is ours, as it is when foreign; ``None`` when absent) and format.
+
+    Raises:
+        FileNotFoundError: without config.json when a network must be built (``mandatory``).
+        ValueError: for a config.json a network cannot be built from when one must be (it names the format
+            recognised and what to do, or lists the formats recognised when it matches none).
+    """
     if config_path is None:
         if mandatory:
             raise FileNotFoundError(
                 f"{described} has weights but no {CONFIG_NAME}, so there is no network to build; build it yourself "
                 "and load into it: load_pretrained(source, into=net)"
             )
-        return None
+        return None, detect_format(None, None)
     document = read_json(config_path)
-    if is_ours(document) or (mandatory and timm_layout(document) is None):
-        return read_config(config_path)  # raises "not a lightning-dnn config" for a foreign one
-    return document
+    fmt = detect_format(document, config_path.parent)
+    if fmt.name == LIGHTNING_DNN:
+        return read_config(config_path), fmt
+    if mandatory and fmt.name != TIMM:
+        raise ValueError(unbuildable_message(fmt, config_path, document))
+    return document, fmt
 
 
 def resolve_source(
@@ -392,7 +420,8 @@ def _check_local_folder(folder: Path) -> None:
         return
     pickles = find_pickle_files(p.name for p in folder.iterdir() if p.is_file())
     if pickles:
-        raise UnsafeWeightsError(unsafe_weights_message(f"Folder {str(folder)!r}", pickles), pickles)
+        hint = pickle_hint(folder_format(folder))
+        raise UnsafeWeightsError(unsafe_weights_message(f"Folder {str(folder)!r}", pickles) + hint, pickles)
     raise FileNotFoundError(
         f"Folder {str(folder)!r} has no {WEIGHTS_NAME} (nor a sharded {INDEX_NAME}); a lightning-dnn folder "
         f"holds {CONFIG_NAME}, {WEIGHTS_NAME} and README.md, written by lightning_dnn.hub.save_pretrained"

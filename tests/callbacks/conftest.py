@@ -1,7 +1,9 @@
 """Shared tiny models and data for callback tests.
 
 Everything is a plain ``pytorch_lightning.LightningModule`` / ``torch.nn`` object, not our DNNClassifier, so the
-callbacks are exercised the way a user with their own module would use them. Fixtures hand out factories (and the
+callbacks are exercised the way a user with their own module would use them. Under
+``LIGHTNING_DNN_TEST_PACKAGE=lightning`` the ``pytorch_lightning`` imported here is ``lightning.pytorch``
+(``tests/_lightning_alias.py``), so the same tests run as a ``lightning`` user's code. Fixtures hand out factories (and the
 module class, which tests may subclass) instead of instances, so each test builds exactly what it needs::
 
     def test_something(tiny_mlp, tiny_module, tiny_loader, trainer_kwargs):

@@ -233,12 +233,19 @@ def test_unfreeze_adds_a_named_param_group_by_identity_and_lr_monitor_labels_it(
         "frozen": ["net.hidden1", "net.hidden1.act", "net.hidden1.linear"],
         "unfrozen": [
             {
+                "step": 0,
                 "epoch": 1,
                 "modules": ["net.hidden2", "net.hidden2.act", "net.hidden2.linear"],
-                "group": ["net.hidden2.linear.weight", "net.hidden2.linear.bias"],
-                "group_name": "unfrozen-epoch1",
+                "groups": [
+                    {
+                        "name": "unfrozen-epoch1",
+                        "params": ["net.hidden2.linear.weight", "net.hidden2.linear.bias"],
+                    }
+                ],
             }
         ],
+        "triggered": 0,
+        "metric": None,
     }
     rows = read_csv(Path(logger.log_dir) / "metrics.csv")
     new = [float(r["lr-SGD/unfrozen-epoch1"]) for r in rows if r.get("lr-SGD/unfrozen-epoch1")]

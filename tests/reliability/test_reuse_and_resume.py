@@ -67,13 +67,16 @@ def rank_zero_log() -> Iterator[list[str]]:
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
 
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    handler, level = Collect(level=logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # both packages' loggers: lightning_utilities logs to the one the last imported Lightning package installed
+    loggers = [logging.getLogger(f"{p}.utilities.rank_zero") for p in ("pytorch_lightning", "lightning.pytorch")]
+    handler, levels = Collect(level=logging.INFO), [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class NormModes(Callback):

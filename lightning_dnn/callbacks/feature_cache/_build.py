@@ -21,12 +21,27 @@ from torch import Tensor
 from lightning_dnn.callbacks.feature_cache._loaders import Data
 from lightning_dnn.callbacks.feature_cache._plan import METHOD, TrunkPlan, trace_forward
 from lightning_dnn.callbacks.feature_cache._store import FeatureStore, StorageKind
-from lightning_dnn.callbacks.feature_cache._trunk import Shadow, TrunkRunner, capture_boundary, max_difference
+from lightning_dnn.callbacks.feature_cache._trunk import (
+    Shadow,
+    TrunkRunner,
+    capture_boundary,
+    max_difference,
+    trainable_inputs,
+)
 
 if TYPE_CHECKING:
     from lightning_dnn.callbacks.feature_cache._session import CacheSession
 
-__all__ = ["Built", "CutRejected", "build_features", "isolated_rng", "load_into_memory", "mix_seed"]
+__all__ = [
+    "Built",
+    "CutRejected",
+    "build_features",
+    "cut_problem",
+    "detached",
+    "isolated_rng",
+    "load_into_memory",
+    "mix_seed",
+]
 
 
 class CutRejected(Exception):
@@ -139,11 +154,16 @@ def _first_chunk(job: _Pass, x: Any, rest: list[Tensor] | None) -> Tensor | None
     session = job.session
     if x is None:  # n >= world: every rank has samples in its first chunk
         raise RuntimeError("FeatureCache: the first chunk of the build is empty")
-    found = _features(job, x)
+    # with gradients: a graph from the features to a trainable parameter shows that the trunk uses it
+    with torch.enable_grad():
+        found = _features(job, x)
     if found is None:
         return None
-    plan, output, features = found
-    _check_cut(job, plan, output, features)
+    plan, output, graph = found
+    output, features = detached(output), graph.detach()
+    job.whole[:] = [detached(w) for w in job.whole]
+    _check_cut(job, plan, output, features, graph)
+    del graph
     _check_forward(job, plan, features)
     job.templates = [features[:1], *(r[:1] for r in rest or [])]
     full_rest = job.data.rest_full if job.data.rest_full is not None else rest or []
@@ -178,37 +198,100 @@ def _features(job: _Pass, x: Any) -> tuple[TrunkPlan, Any, Tensor] | None:
     return plan, output, captured[plan.boundary]
 
 
-def _check_cut(job: _Pass, plan: TrunkPlan, output: Any, features: Tensor) -> None:
-    """Raise :class:`CutRejected` unless ``network(features)`` with the trunk skipped reproduces ``output``."""
-    module = job.session.module
+def _check_cut(job: _Pass, plan: TrunkPlan, output: Any, features: Tensor, graph: Tensor) -> None:
+    """Raise the :func:`cut_problem` of this process, or of another one (every process agrees)."""
+    session = job.session
+    problem = cut_problem(session.module, session.network_name, plan, output, features, graph)
+    if session.runtime.all_agree(problem is None):
+        return
+    raise problem or CutRejected(
+        f"FeatureCache: the cut at {plan.boundary} failed its check on another process", plan
+    )
+
+
+def cut_problem(
+    pl_module: torch.nn.Module,
+    network_name: str,
+    plan: TrunkPlan,
+    output: Any,
+    features: Tensor,
+    graph: Tensor,
+) -> CutRejected | None:
+    """Why ``plan``'s cut would not reproduce live training, or ``None`` (this process's look, no collectives).
+
+    Three checks, in order: ``network(features)`` with the trunk skipped must run (an exception, e.g. a tensor
+    size mismatch, is the returned error's ``__cause__``); the features (``graph``: the boundary's output computed
+    with gradients enabled) must not depend on a trainable parameter; and the replay must reproduce ``output``.
+    """
+    network = pl_module.get_submodule(network_name)
     check = Shadow()
-    check.apply(module, plan)
+    check.apply(pl_module, plan)
+    error: Exception | None = None
     try:
-        replay = module.get_submodule(job.session.network_name)(features)
-    except Exception:  # the layers after the cut cannot take the features: a failed check
-        replay = None
+        replay = network(features)
+    except Exception as exc:  # the layers after the cut cannot take the features: a failed check
+        replay, error = None, exc
     finally:
         check.remove()
-    diff = float("inf") if replay is None else max_difference(output, replay)
+    if replay is None:
+        problem = CutRejected(
+            f"FeatureCache: the layers after {plan.boundary} cannot run on its output (cached) "
+            f"({type(error).__name__}: {error}): the network's forward transforms the trunk's output with code "
+            f"that is not a module (e.g. a reshape, a class token) before the head. {_fix(network)}",
+            plan,
+        )
+        problem.__cause__ = error
+        return problem
+    used = trainable_inputs(graph, pl_module)
+    if used:
+        shown = ", ".join(used[:8]) + (f" (+{len(used) - 8} more)" if len(used) > 8 else "")
+        return CutRejected(
+            f"FeatureCache: the output of {plan.boundary} depends on trainable parameters the frozen modules do "
+            f"not hold: {shown}. The network's forward uses them before the boundary (e.g. `x + self.shift` "
+            "between frozen layers, a class token or position embedding), so cached features would keep their "
+            "values of the build while live training updates them. Freeze them too (requires_grad_(False), or "
+            "select them in LayerFreezer), or set a `boundary` below the point where they are used.",
+            plan,
+        )
+    diff = max_difference(output, replay)
     scale = max_difference(output, _zeros_like(output))
     exact = features.dtype in (torch.float32, torch.float64)
-    tol = 1e-5 + 1e-4 * scale if exact else 1e-3 + 1e-2 * scale
-    if not job.session.runtime.all_agree(replay is not None):
-        raise CutRejected(
-            f"FeatureCache: the layers after {plan.boundary} cannot run on its output (cached): the network's "
-            "forward transforms the trunk's output with code that is not a module (e.g. a reshape, a class token) "
-            "before the head. Choose a lower boundary, or give the network forward_features/forward_head and use "
-            "boundary='forward_features'.",
-            plan,
+    if diff <= (1e-5 + 1e-4 * scale if exact else 1e-3 + 1e-2 * scale):
+        return None
+    return CutRejected(
+        f"FeatureCache: the network's output computed from the cached output of {plan.boundary} differs from "
+        f"its output on the inputs (max |diff| {diff:.3g}): its forward transforms the inputs before the "
+        "boundary with code that is not a module, or runs trunk modules again after it. Cache an "
+        f"nn.Sequential-like network. {_fix(network)}",
+        plan,
+    )
+
+
+def detached(output: Any) -> Any:
+    """``output`` (a tensor, or a list, tuple or dict of them) without autograd history."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, list | tuple) and not hasattr(output, "_fields"):
+        return type(output)(detached(o) for o in output)
+    if isinstance(output, dict):
+        return {k: detached(v) for k, v in output.items()}
+    return output
+
+
+def _fix(network: torch.nn.Module) -> str:
+    """What to do about a cut the network's forward does not reproduce."""
+    name = type(network).__name__
+    if callable(getattr(network, "forward_features", None)) and callable(
+        getattr(network, "forward_head", None)
+    ):
+        return (
+            f"{name} defines forward_features/forward_head: use FeatureCache(boundary='forward_features') (with "
+            "everything forward_features uses frozen), or set a lower `boundary`."
         )
-    if not job.session.runtime.all_agree(diff <= tol):
-        raise CutRejected(
-            f"FeatureCache: the network's output computed from the cached output of {plan.boundary} differs from "
-            f"its output on the inputs (max |diff| {diff:.3g}): its forward transforms the inputs before the "
-            "boundary with code that is not a module, or runs trunk modules again after it. Cache an "
-            "nn.Sequential-like network, or use boundary='forward_features' with forward_features/forward_head.",
-            plan,
-        )
+    return (
+        "Set a lower `boundary` (a module whose output the rest of the forward takes as is), or give the network "
+        "forward_features/forward_head and use boundary='forward_features'."
+    )
 
 
 def _whole_forward(
@@ -251,10 +334,11 @@ def _check_forward(job: _Pass, plan: TrunkPlan, features: Tensor) -> None:
     module, name, expected = job.session.module, job.session.network_name, job.whole[0]
     check = Shadow()
     check.apply(module, plan)
+    error: Exception | None = None
     try:
         replay = module(features)
-    except Exception:  # a forward that cannot run on features fails the check
-        replay = None
+    except Exception as exc:  # a forward that cannot run on features fails the check
+        replay, error = None, exc
     finally:
         check.remove()
     diff = float("inf") if replay is None else max_difference(expected, replay)
@@ -267,9 +351,14 @@ def _check_forward(job: _Pass, plan: TrunkPlan, features: Tensor) -> None:
             f"{diff:.3g} between forward(cached output of {plan.boundary}) and forward(inputs)): preprocessing "
             f"such as `self.{name}((x - mean) / std)` would be applied to the cached features a second time. Move "
             f"it into a module at the start of {name} (e.g. nn.Sequential(Normalize(), backbone)) or into the "
-            "dataset's transform.",
+            "dataset's transform."
+            + (
+                f" (The forward on the cached features raised {type(error).__name__}: {error}.)"
+                if error
+                else ""
+            ),
             plan,
-        )
+        ) from error
 
 
 def _defines_forward(module: torch.nn.Module) -> bool:

@@ -11,21 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-from pytorch_lightning.trainer.states import RunningStage, TrainerFn
-from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-try:
-    from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader
-except ImportError:  # pragma: no cover - other Lightning versions
-    _process_dataloader = None  # type: ignore[assignment]
+from lightning_dnn._lightning import api, is_lightning_module, is_overridden, is_strategy, package_of
+from lightning_dnn._lightning import check_trainer as check_package
 
-__all__ = ["SourceSwap", "TrainerRuntime", "check_trainer", "swap_fit_sources"]
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+__all__ = [
+    "SourceSwap",
+    "TrainerRuntime",
+    "check_trainer",
+    "check_verify",
+    "swap_fit_sources",
+    "training_step_on",
+]
 
 T = TypeVar("T")
 Wrap = Callable[[object, int], object]
@@ -40,15 +44,14 @@ def check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             batch-transfer hooks (they would run on the cached features).
         RuntimeError: a Lightning whose fit loop lacks what FeatureCache wraps.
     """
+    package = check_package(trainer, "FeatureCache")
     strategy = trainer.strategy
-    if not isinstance(strategy, SingleDeviceStrategy | DDPStrategy) or isinstance(
-        strategy, DeepSpeedStrategy
-    ):
+    if not is_strategy(strategy, "SingleDeviceStrategy", "DDPStrategy") or is_strategy(strategy, "DeepSpeedStrategy"):
         raise ValueError(
             f"FeatureCache supports single-device and DDP strategies, got {type(strategy).__name__}."
         )
-    if _process_dataloader is None or not hasattr(trainer.fit_loop, "_data_source"):
-        raise RuntimeError(f"FeatureCache needs the fit loop of pytorch_lightning 2.x, not {pl.__version__}.")
+    if _process_dataloader(trainer) is None or not hasattr(trainer.fit_loop, "_data_source"):
+        raise RuntimeError(f"FeatureCache needs the fit loop of {package} 2.x, not {api('', package).__version__}.")
     if getattr(trainer, "overfit_batches", 0):
         raise ValueError("FeatureCache cannot be combined with Trainer(overfit_batches=...)")
     overridden = _transfer_hooks(trainer, pl_module)
@@ -60,10 +63,17 @@ def check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         )
 
 
+def _process_dataloader(trainer: Any) -> Callable[..., Any] | None:
+    """The private ``_process_dataloader`` of the trainer's package (``None`` in a Lightning without it)."""
+    module = api("trainer.connectors.data_connector", package_of(trainer))
+    found: Callable[..., Any] | None = getattr(module, "_process_dataloader", None)
+    return found
+
+
 def _transfer_hooks(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[object, str]]:
     """The batch-transfer hooks that the module or the data module overrides."""
     owners = [o for o in (pl_module, getattr(trainer, "datamodule", None)) if o is not None]
-    return [(o, hook) for o in owners for hook in TRANSFER_HOOKS if is_overridden(hook, o)]
+    return [(o, hook) for o in owners for hook in TRANSFER_HOOKS if is_overridden(hook, o, trainer)]
 
 
 class TrainerRuntime:
@@ -149,7 +159,7 @@ class TrainerRuntime:
 class CachingSource:
     """Stands in for a loop's data source: the loaders it hands out are processed by Lightning, then wrapped."""
 
-    def __init__(self, original: Any, trainer: pl.Trainer, stage: RunningStage, wrap: Wrap) -> None:
+    def __init__(self, original: Any, trainer: pl.Trainer, stage: str, wrap: Wrap) -> None:
         self.original = original
         self._trainer, self._stage, self._wrap = trainer, stage, wrap
 
@@ -166,7 +176,9 @@ class CachingSource:
         return self._one(loaders, 0)
 
     def _one(self, loader: object, index: int) -> object:
-        processed = _process_dataloader(self._trainer, TrainerFn.FITTING, self._stage, loader)
+        process, states = _process_dataloader(self._trainer), api("trainer.states", package_of(self._trainer))
+        assert process is not None  # check_trainer refused a Lightning without it
+        processed = process(self._trainer, states.TrainerFn.FITTING, states.RunningStage(self._stage), loader)
         return self._wrap(processed, index)
 
 
@@ -176,7 +188,7 @@ class SourceSwap:
     def __init__(self) -> None:
         self._saved: list[tuple[Any, Any]] = []  # (loop, its original data source)
 
-    def replace(self, loop: Any, trainer: pl.Trainer, stage: RunningStage, wrap: Wrap) -> None:
+    def replace(self, loop: Any, trainer: pl.Trainer, stage: str, wrap: Wrap) -> None:
         """Wrap the loaders that ``loop`` requests from now on."""
         self._saved.append((loop, loop._data_source))
         loop._data_source = CachingSource(loop._data_source, trainer, stage, wrap)
@@ -196,7 +208,36 @@ def swap_fit_sources(trainer: pl.Trainer, train: Wrap, val: Wrap | None = None) 
     """
     swap = SourceSwap()
     fit_loop = trainer.fit_loop
-    swap.replace(fit_loop, trainer, RunningStage.TRAINING, train)
+    swap.replace(fit_loop, trainer, "train", train)
     if val is not None:
-        swap.replace(fit_loop.epoch_loop.val_loop, trainer, RunningStage.VALIDATING, val)
+        swap.replace(fit_loop.epoch_loop.val_loop, trainer, "validate", val)
     return swap
+
+
+def check_verify(pl_module: pl.LightningModule) -> None:
+    """Refuse ``verify=True`` with manual optimization: its training step would step the real optimizers.
+
+    Raises:
+        ValueError: ``pl_module.automatic_optimization`` is false.
+    """
+    if not pl_module.automatic_optimization:
+        raise ValueError(
+            "FeatureCache(verify=True) runs the training step outside the loop, which manual optimization "
+            "(automatic_optimization=False) cannot allow: its step calls the optimizers. Pass verify=False."
+        )
+
+
+def training_step_on(trainer: pl.Trainer, module: torch.nn.Module, batch: Any) -> Tensor | None:
+    """Run ``module.training_step(batch, 0)`` on a copy of the fit's module, attached to ``trainer``, logging nothing.
+
+    Returns:
+        The loss: the step's tensor, or its dict's ``"loss"``; ``None`` when it returns neither.
+    """
+    if not is_lightning_module(module):
+        raise TypeError(f"FeatureCache(verify=True) needs a LightningModule, got {type(module).__name__}")
+    module.trainer = trainer  # type: ignore[assignment]
+    module.log = module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign,assignment]
+    out = module.training_step(batch, 0)  # type: ignore[operator]
+    if isinstance(out, dict):
+        out = out.get("loss")
+    return out if isinstance(out, Tensor) else None

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_dnn._lightning import rank_zero_info, rank_zero_warn
 from lightning_dnn.callbacks.feature_cache._build import Built, CutRejected, build_features, load_into_memory
 from lightning_dnn.callbacks.feature_cache._disk import (
     DiskCache,
@@ -39,6 +39,7 @@ from lightning_dnn.callbacks.feature_cache._plan import METHOD, Trace, TrunkPlan
 from lightning_dnn.callbacks.feature_cache._runtime import Runtime
 from lightning_dnn.callbacks.feature_cache._store import FeatureStore, StorageKind, choose_storage
 from lightning_dnn.callbacks.feature_cache._trunk import Shadow, train_mode_modules
+from lightning_dnn.callbacks.feature_cache._verify import StepFn, verify_cache
 
 __all__ = ["CacheEntry", "CacheOptions", "CacheSession", "Storage", "TrainMode", "summarize"]
 
@@ -61,6 +62,7 @@ class CacheOptions:
     data_id: str | None = None
     seed: int = 0
     train_mode_trunk: TrainMode = "refuse"
+    verify: bool = False
 
     @property
     def method(self) -> bool:
@@ -109,9 +111,12 @@ class CacheSession:
         options: the callback's arguments.
         warned: keys of the warnings already given (shared across the callback's fits: each is given once).
         summary: the description of the last cache in use, until this session serves one.
+        step: runs the training step of a copy of the module on a batch (``_lightning.training_step_on``); needed
+            with ``options.verify``.
 
     Raises:
-        ValueError: the boundary selects no module or several, or no network defines ``forward_features``.
+        ValueError: the boundary selects no module or several, or no network defines ``forward_features``, or
+            ``options.verify`` without ``step``.
     """
 
     def __init__(
@@ -122,8 +127,15 @@ class CacheSession:
         *,
         warned: set[str] | None = None,
         summary: dict[str, Any] | None = None,
+        step: StepFn | None = None,
     ) -> None:
+        if options.verify and step is None:
+            raise ValueError(
+                "CacheSession: `options.verify` needs `step`, the function that runs a training step"
+            )
         self.runtime, self.module, self.options = runtime, pl_module, options
+        self._step = step
+        self._started = False  # a training epoch was served: later refusals warn and train live
         self.network_name, self.boundary_name = find_network(pl_module, options.boundary)
         self.disk = DiskCache(options.cache_dir or runtime.root_dir / "feature_cache")
         self.summary = summary if summary is not None else summarize(None)
@@ -141,7 +153,6 @@ class CacheSession:
         self._run_nonce = uuid.uuid4().hex
         self._run_local: list[Path] = []  # disk entries under a run-local data key: deleted at close
         self._train_modes: dict[str, bool] | None = None  # module name -> training, at the last training pass
-        self._mode_checked: set[TrunkPlan] = set()
 
     # ------------------------------------------------------------------------------------------- loaders --
     def wrap_train(self, loader: object, index: int) -> object:
@@ -202,8 +213,10 @@ class CacheSession:
         with self._shadow.suspended():  # a build runs the real trunk
             entry = self._ensure(key, data)
         if key == "train":
-            if entry is not None:
-                self._check_modes(entry.plan)
+            if entry is not None and not self._check_modes(entry.plan):
+                self._entries.pop(key, None)
+                entry = None
+            self._started = True
             self.train_entry, self.summary = entry, summarize(entry)
         if entry is None:
             self._shadow.remove()
@@ -238,7 +251,7 @@ class CacheSession:
         views = self._views.get(key, 1)
         plan, known = self.plan()
         if not agree(known):
-            return self._build(key, data, None, views)  # trace the network on the build's first chunk
+            return self._verified(key, self._build(key, data, None, views), data)  # traced on the first chunk
         if plan is None or plan in self._rejected:
             if self._entries.pop(key, None) is not None and key == "train":
                 rank_zero_info(f"FeatureCache: epoch {self.runtime.epoch}: nothing stays frozen; live")
@@ -258,8 +271,20 @@ class CacheSession:
         self._entries.pop(key, None)
         opened = self._open_disk(key, plan, model_fp, data, views)
         if agree(opened is not None) and opened is not None:
-            return self._keep(key, opened)
-        return self._build(key, data, plan, views)
+            return self._verified(key, self._keep(key, opened), data)
+        return self._verified(key, self._build(key, data, plan, views), data)
+
+    def _verified(self, key: str, entry: CacheEntry | None, data: Data) -> CacheEntry | None:
+        """With ``verify``: ``entry`` once a cached training step matched a live one (see ``_verify``)."""
+        if entry is None or key != "train" or not self.options.verify or self._step is None:
+            return entry
+        try:
+            verify_cache(self, entry, data, self._step)
+        except CutRejected as err:
+            self._entries.pop(key, None)
+            self._refuse(err.plan, str(err), err.__cause__)
+            return None
+        return entry
 
     def _keep(self, key: str, entry: CacheEntry) -> CacheEntry:
         self._entries[key] = entry
@@ -333,18 +358,20 @@ class CacheSession:
         if plan is not None:
             self._check_modes(plan)
 
-    def _check_modes(self, plan: TrunkPlan) -> None:
+    def _check_modes(self, plan: TrunkPlan) -> bool:
         """Refuse (or, opted in, warn about) trunk layers that training would run in training mode.
 
+        Checked at every training epoch's start (modes may change). Returns whether ``plan`` may be served.
+
         Raises:
-            ValueError: batch norm, dropout or RReLU in the trunk in training mode with ``train_mode_trunk="refuse"``.
+            ValueError: batch norm, dropout or RReLU in the trunk in training mode with ``train_mode_trunk="refuse"``,
+                before the fit's first training epoch (later: a warning, and the epochs run live).
         """
-        if self._train_modes is None or plan in self._mode_checked:
-            return
-        self._mode_checked.add(plan)
+        if self._train_modes is None:
+            return True
         layers = train_mode_modules(self.module, plan, self._train_modes)
         if not layers:
-            return
+            return True
         shown = ", ".join(layers[:8]) + (f" (+{len(layers) - 8} more)" if len(layers) > 8 else "")
         if self.options.train_mode_trunk == "allow":
             self._warn_once(
@@ -352,14 +379,27 @@ class CacheSession:
                 f"FeatureCache(train_mode_trunk='allow'): the cached trunk holds layers in training mode ({shown}); "
                 "the cache is built in eval mode (running statistics, no dropout), unlike live training.",
             )
-            return
-        raise ValueError(
+            return True
+        self._refuse(
+            plan,
             f"FeatureCache: the frozen trunk up to {plan.boundary} holds layers in training mode: {shown}. Live "
             "training would normalize with batch statistics (batch norm) or drop activations (dropout), while the "
             "cache is built in eval mode, so the head would train on other features. Freeze with LayerFreezer "
             "(it keeps frozen normalization layers in eval mode), call `.eval()` on these layers before each "
-            "training epoch, or pass `FeatureCache(train_mode_trunk='allow')` to accept eval-mode features."
+            "training epoch, or pass `FeatureCache(train_mode_trunk='allow')` to accept eval-mode features.",
         )
+        return False
+
+    def _refuse(self, plan: TrunkPlan, message: str, cause: BaseException | None = None) -> None:
+        """Refuse to cache ``plan``: an error before the first training epoch, later a warning and live epochs.
+
+        Raises:
+            ValueError: before the fit's first training epoch was served.
+        """
+        if not self._started:
+            raise ValueError(message) from cause
+        self._rejected.add(plan)
+        self._warn_once(f"refused:{plan.boundary}", f"{message} Training live instead.")
 
     # -------------------------------------------------------------------------------------- fingerprints --
     def _model_fingerprint(self, key: str, plan: TrunkPlan, views: int, data: Data) -> str:
@@ -464,7 +504,7 @@ class CacheSession:
             built = build_features(self, key, data, plan, views)
         except CutRejected as err:
             if first_build:
-                raise ValueError(str(err)) from None
+                raise ValueError(str(err)) from err.__cause__
             self._rejected.add(err.plan)
             self._warn_once("cut", f"{err} Training live instead.")
             return None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
 from lightning_dnn.callbacks.feature_cache._plan import (
@@ -31,6 +31,7 @@ __all__ = [
     "capture_boundary",
     "max_difference",
     "train_mode_modules",
+    "trainable_inputs",
     "trunk_tensors",
 ]
 
@@ -58,19 +59,59 @@ def train_mode_modules(pl_module: nn.Module, plan: TrunkPlan, modes: dict[str, b
 
     Batch norm (and other norms with running statistics) normalizes with the batch's statistics, dropout and
     RReLU draw random numbers: the cache is built in eval mode, so live training would see other features.
+    Batch norm without running statistics (``track_running_stats=False`` at construction) normalizes every
+    batch with its own statistics in either mode, so it is listed whatever its mode.
     """
     found = []
     for name in plan.trunk:
         for sub, m in pl_module.get_submodule(name).named_modules():
             full = full_name(name, sub)
-            if modes.get(full, False) and _mode_dependent(m):
+            if (modes.get(full, False) and _mode_dependent(m)) or _batch_statistics_only(m):
                 found.append(full)
     return found
 
 
+def trainable_inputs(tensor: Tensor, pl_module: nn.Module) -> list[str]:
+    """The names of the trainable parameters of ``pl_module`` that ``tensor`` was computed from (autograd graph).
+
+    ``tensor`` must come from a forward run with gradients enabled; a frozen trunk leaves it without a graph.
+
+    Example:
+        >>> import torch
+        >>> net = nn.Linear(2, 2); shift = nn.Parameter(torch.zeros(2)); net.register_parameter("shift", shift)
+        >>> net.weight.requires_grad_(False); net.bias.requires_grad_(False)
+        Parameter containing: ...
+        >>> trainable_inputs(net(torch.ones(1, 2)) + net.shift, net)
+        ['shift']
+    """
+    if tensor.grad_fn is None:
+        return []
+    names = {id(p): n for n, p in pl_module.named_parameters()}
+    found: dict[int, None] = {}
+    seen: set[int] = set()
+    stack: list[Any] = [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor) and id(variable) in names:
+            found[id(variable)] = None
+        stack.extend(fn for fn, _ in node.next_functions)
+    return [names[i] for i in found]
+
+
+def _batch_statistics_only(m: nn.Module) -> bool:
+    return isinstance(m, _BatchNorm) and m.running_mean is None
+
+
 def _mode_dependent(m: nn.Module) -> bool:
     if isinstance(m, _NormBase):
-        return bool(m.track_running_stats)
+        # In training mode a norm with running statistics normalizes with the batch's statistics, whether or not
+        # it still updates them: Lightning's BaseFinetuning.freeze (finetuning-scheduler) sets
+        # track_running_stats=False on frozen batch norm and leaves it in training mode.
+        return m.running_mean is not None or bool(m.track_running_stats)
     if isinstance(m, nn.MultiheadAttention):
         return m.dropout > 0
     if isinstance(m, _DropoutNd) or _DROP.search(

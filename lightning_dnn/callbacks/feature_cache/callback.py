@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int
@@ -16,7 +16,9 @@ from lightning_dnn.callbacks.feature_cache._lightning import (
     SourceSwap,
     TrainerRuntime,
     check_trainer,
+    check_verify,
     swap_fit_sources,
+    training_step_on,
 )
 from lightning_dnn.callbacks.feature_cache._plan import METHOD
 from lightning_dnn.callbacks.feature_cache._session import (
@@ -26,6 +28,9 @@ from lightning_dnn.callbacks.feature_cache._session import (
     TrainMode,
     summarize,
 )
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["FeatureCache"]
 
@@ -91,7 +96,13 @@ class FeatureCache(StateKeyOnce):
       compares ``pl_module(cached features)`` with ``pl_module(inputs)``: preprocessing in ``forward`` (e.g.
       ``self.net((x - mean) / std)``) would be applied twice and is refused; move it into a module at the start
       of the network (or into the data). Trunk layers in training mode (batch norm, dropout) are refused, see
-      ``train_mode_trunk``.
+      ``train_mode_trunk``. The first chunk runs with gradients enabled: features that depend on a trainable
+      parameter the frozen modules do not hold (``x + self.shift`` between frozen layers, a class token) are
+      refused, naming it. An exception raised by the layers after the cut (a ViT's size mismatch) becomes the
+      refusal's cause, with the advice to use ``forward_features`` or a lower boundary. Each refusal is an error
+      before the first training epoch and a warning with live epochs after it. ``verify=True`` adds one training
+      step on cached features compared with the same step live (see ``verify``); ``freeze_audit`` (in
+      :mod:`lightning_dnn.callbacks`) shows where the cache would cut before a fit.
 
     Limits: single-device and DDP strategies; one training loader (a DeviceBatchLoader or a DataLoader over a
     map-style dataset). A ``training_step`` that transforms the inputs itself before calling the network
@@ -118,6 +129,17 @@ class FeatureCache(StateKeyOnce):
             loop runs in training mode (frozen by hand with ``requires_grad_(False)``: live training would use
             batch statistics and random masks, the cache uses eval mode); LayerFreezer keeps frozen
             normalization layers in eval mode. ``"allow"``: cache the eval-mode features anyway, with a warning.
+            Batch norm frozen in training mode is refused whether or not it still tracks running statistics
+            (finetuning-scheduler's frozen batch norm), as is batch norm without running statistics.
+        verify: after each build (or disk reuse) of the training cache, run one training step on cached features
+            and the same step live, on copies of the LightningModule (the run itself, its random streams and
+            metrics are untouched), with the same batch (this process's first build chunk) and random numbers;
+            their losses and the gradients of every trainable parameter must agree (fp32: within
+            ``1e-6 + 1e-4 * |live|``). A mismatch is an error naming the likely cause (trunk layers in training
+            mode, a training step that changes the inputs or reads them besides the network); after the first
+            epoch, a warning and live epochs. Costs two forward/backward passes and a copy of the module per build
+            (forward hooks registered on the module run on the copies too; ``self.log`` is dropped); not with
+            manual optimization.
 
     Raises:
         TypeError, ValueError: invalid arguments. At fit start: an unsupported strategy or loader,
@@ -155,6 +177,7 @@ class FeatureCache(StateKeyOnce):
         data_id: str | None = None,
         seed: int = 0,
         train_mode_trunk: TrainMode = "refuse",
+        verify: bool = False,
     ) -> None:
         super().__init__()
         if boundary is not None and (not isinstance(boundary, str) or not boundary):
@@ -181,6 +204,7 @@ class FeatureCache(StateKeyOnce):
         self.train_mode_trunk: TrainMode = check_choice(  # type: ignore[assignment]
             "train_mode_trunk", train_mode_trunk, ("refuse", "allow")
         )
+        self.verify = check_bool("verify", verify)
         self._session: CacheSession | None = None  # the fit in progress
         self._sources: SourceSwap | None = None
         self._summary: dict[str, Any] = summarize(None)  # the last cache in use, once its session is closed
@@ -236,6 +260,8 @@ class FeatureCache(StateKeyOnce):
         if stage != "fit":
             return
         check_trainer(trainer, pl_module)
+        if self.verify:
+            check_verify(pl_module)
         self._close()  # anything left by a fit that ended without teardown
         options = CacheOptions(
             boundary=self.boundary,
@@ -247,9 +273,13 @@ class FeatureCache(StateKeyOnce):
             data_id=self.data_id,
             seed=self.seed,
             train_mode_trunk=self.train_mode_trunk,
+            verify=self.verify,
         )
         runtime = TrainerRuntime(trainer)
-        session = CacheSession(runtime, pl_module, options, warned=self._warned, summary=self._summary)
+        step = partial(training_step_on, trainer) if self.verify else None
+        session = CacheSession(
+            runtime, pl_module, options, warned=self._warned, summary=self._summary, step=step
+        )
         session.restored, self._restored = self._restored, None
         self._session = session
         self._sources = swap_fit_sources(
