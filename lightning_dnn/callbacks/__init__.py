@@ -3,7 +3,7 @@
 from lightning_dnn.callbacks.audit import FreezeAudit, FreezeAuditor, freeze_audit
 from lightning_dnn.callbacks.early_stopping import EarlyStopping
 from lightning_dnn.callbacks.feature_cache import FeatureCache
-from lightning_dnn.callbacks.freezing import LayerFreezer
+from lightning_dnn.callbacks.freezing import LayerFreezer, PlannedStep
 from lightning_dnn.callbacks.grad_clip import GradientClipping
 from lightning_dnn.callbacks.learning_curves import LearningCurves, plot_learning_curves
 from lightning_dnn.callbacks.max_norm import MaxNorm
@@ -17,6 +17,7 @@ __all__ = [
     "LayerFreezer",
     "LearningCurves",
     "MaxNorm",
+    "PlannedStep",
     "freeze_audit",
     "plot_learning_curves",
 ]

@@ -111,6 +111,15 @@ class FreezeAudit:
         cut: where FeatureCache would cut now, or ``None`` (``cut_note`` says why none was traced).
         cut_note: why the cut was not traced (no example input, an error), or ``""``.
         schedule: the freezer's steps as sentences (from its ``dry_run``), or why not.
+
+    Example:
+        >>> from lightning_dnn.nn import MLP
+        >>> from lightning_dnn.callbacks import LayerFreezer
+        >>> audit = freeze_audit(MLP(4, (8,), 2), freezer=LayerFreezer("hidden1", unfreeze={2: "hidden1"}))
+        >>> [(row.name, row.trainable, row.frozen) for row in audit.rows]
+        [('hidden1', 0, 40), ('output', 18, 0)]
+        >>> audit.schedule[0]
+        'step 0 at epoch 2: unfreezes hidden1 (40 scalars), lr x1 of the first group'
     """
 
     title: str
