@@ -168,8 +168,9 @@ def fit(tool: str | None, *, epochs: int = 4, ckpt_path: str | None = None, save
         enable_checkpointing=tool == "finetuning-scheduler", default_root_dir=tmp, callbacks=callbacks,
         deterministic=True, num_sanity_val_steps=0,
     )
-    train = DataLoader(TensorDataset(x, y), batch_size=len(x) // STEPS_PER_EPOCH, shuffle=True,
-                       generator=torch.Generator().manual_seed(seed))
+    # a fixed batch order: a resumed run then sees the batches of the uninterrupted one (a shuffling DataLoader's
+    # generator is not part of a Lightning checkpoint)
+    train = DataLoader(TensorDataset(x, y), batch_size=len(x) // STEPS_PER_EPOCH)
     val = DataLoader(TensorDataset(x, y), batch_size=128)
     trainer.fit(net, train, val, ckpt_path=ckpt_path)
     if save_to:

@@ -18,6 +18,7 @@ from lightning_dnn.callbacks._param_groups import lr_ratio
 __all__ = [
     "DEFAULT_BUCKET",
     "Bucket",
+    "follows_first",
     "group_settings",
     "probe_buckets",
     "probe_param_groups",
@@ -102,6 +103,19 @@ def probe_buckets(
             bucket = Bucket(like=0, ratio=ratio, settings=settings, label=label)
         buckets.update(dict.fromkeys((id(p) for p in members), bucket))
     return buckets
+
+
+def follows_first(bucket: Bucket, first: Mapping[str, Any]) -> bool:
+    """Whether a bucket is just the first live group (same lr, same settings): no user group to keep.
+
+    Example:
+        >>> follows_first(Bucket(like=0, ratio=1.0, settings={"momentum": 0.9}, label="group0"),
+        ...               {"params": [], "lr": 0.1, "momentum": 0.9})
+        True
+    """
+    settings = {k: v for k, v in group_settings(first).items() if k not in ("lr", "initial_lr", "name")}
+    same = bucket.settings is None or same_settings(bucket.settings, settings)
+    return bucket.like == 0 and bucket.ratio == 1.0 and same
 
 
 def group_settings(group: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from lightning_dnn.callbacks._param_groups import (
 )
 from lightning_dnn.callbacks._phases import MetricPhases
 from lightning_dnn.callbacks._state_key import StateKeyOnce
-from lightning_dnn.callbacks._user_groups import DEFAULT_BUCKET, Bucket, probe_buckets
+from lightning_dnn.callbacks._user_groups import DEFAULT_BUCKET, Bucket, follows_first, probe_buckets
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -510,11 +510,12 @@ class LayerFreezer(StateKeyOnce):
         if trainer.optimizers and self._steps:
             groups = trainer.optimizers[0].param_groups
             self._base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
-            if len(groups) > 1:  # the user built param groups: learn which one each frozen parameter joins
-                frozen = [p for _, p in self._own(pl_module, self._frozen) if not p.requires_grad]
-                self._buckets = probe_buckets(
-                    pl_module.configure_optimizers, groups, frozen, self._base_lrs[0]
-                )
+            frozen = [p for _, p in self._own(pl_module, self._frozen) if not p.requires_grad]
+            if frozen:  # learn which user group each frozen parameter joins once it is trainable
+                buckets = probe_buckets(pl_module.configure_optimizers, groups, frozen, self._base_lrs[0])
+                # one plain group (the user's groups were all emptied by freezing, or there is one): as before
+                if len(groups) > 1 or any(not follows_first(b, groups[0]) for b in buckets.values()):
+                    self._buckets = buckets
             self._check_schedulers(trainer)
             if self.reset_scheduler:
                 for group in groups:

@@ -9,6 +9,8 @@
 * :func:`push_to_hub` publishes a folder or a network;
 * :func:`load_foreign_arrays` imports arrays from ``.npz``, Keras ``.h5`` and Keras 3 ``.keras``/``.weights.h5``
   files (under the layer names the user gave in Keras), converting TF layouts;
+* :class:`PretrainedLayers` is the same loading as a Lightning callback (a fresh fit loads, a resume does not),
+  so a LightningCLI config can reuse pretrained layers;
 * :func:`register_architecture` adds a network class that config.json can name;
 * :func:`load_zoo_index`/:func:`resolve_zoo` read the zoo index that ships inside the package (``zoo:name``).
 
@@ -22,6 +24,7 @@ from lightning_dnn.hub.architectures import (
     get_architecture,
     register_architecture,
 )
+from lightning_dnn.hub.callback import PretrainedLayers
 from lightning_dnn.hub.errors import (
     ChecksumMismatchError,
     HubDownloadError,
@@ -41,6 +44,7 @@ __all__ = [
     "ChecksumMismatchError",
     "HubDownloadError",
     "LoadReport",
+    "PretrainedLayers",
     "StrictLoadError",
     "UnsafeWeightsError",
     "WeightsFileError",

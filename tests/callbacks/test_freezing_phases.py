@@ -794,3 +794,30 @@ def test_metric_phases_without_a_validation_loop_say_so(tmp_path: Path) -> None:
     before = freezer.state_dict()
     trainer(tmp_path, [freezer]).validate(model, loader(16, seed=1), verbose=False)
     assert freezer.state_dict()["metric"] == before["metric"]
+
+
+class BackboneHeadGroups(Net):
+    """Backbone (hidden1-3) at lr 0.01, head at 0.1; the backbone's group is empty while it is frozen."""
+
+    def __init__(self) -> None:
+        super().__init__(make_bn_free_net())
+
+    def configure_optimizers(self) -> Any:
+        def trainable(module: nn.Module) -> list[nn.Parameter]:
+            return [p for p in module.parameters() if p.requires_grad]
+
+        backbone = [p for name in ("hidden1", "hidden2", "hidden3") for p in trainable(getattr(self.net, name))]
+        groups = [{"params": backbone, "lr": 0.01}, {"params": trainable(self.net.output), "lr": 0.1}]
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=0.1, momentum=0.9)
+
+
+def test_a_user_group_emptied_by_freezing_keeps_its_lr_when_its_parameters_are_unfrozen(tmp_path: Path) -> None:
+    # the live optimizer has ONE group (the head's, lr 0.1): the backbone's lr 0.01 exists only in the user's code
+    t = trainer(tmp_path, [LayerFreezer("hidden[1-3]", unfreeze={1: "hidden[1-3]"})])
+    model = BackboneHeadGroups()
+    t.fit(model, loader())
+    groups = t.optimizers[0].param_groups
+    assert [(g.get("name"), g["lr"]) for g in groups] == [(None, 0.1), ("unfrozen-epoch1", 0.01)]
+    assert groups[1]["momentum"] == 0.9
+    backbone = {id(p) for name in ("hidden1", "hidden2", "hidden3") for p in getattr(model.net, name).parameters()}
+    assert {id(p) for p in groups[1]["params"]} == backbone
