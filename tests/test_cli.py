@@ -14,9 +14,10 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def test_there_are_the_four_configs():
+def test_there_are_the_example_configs():
+    transfer_study = {f"transfer_study_{v}" for v in ("pretrain", "scratch", "b", "c", "d", "e", "f")}
     assert {p.stem for p in CONFIGS} == {"tf1_notebook", "chapter_defaults", "sparse_ftrl", "fast_leaky",
-                                         "transfer_study_pretrain", "transfer_study_scratch"}
+                                         *transfer_study}
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")

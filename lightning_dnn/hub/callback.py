@@ -114,6 +114,7 @@ class PretrainedLayers(Callback):
         self.revision = revision
         self.strict = strict
         self.report: LoadReport | None = None
+        self._loaded: list[str] = []  # the names loaded by the fit this one continues (from checkpoints)
 
     @property
     def state_key(self) -> str:
@@ -125,9 +126,10 @@ class PretrainedLayers(Callback):
         """Refuse strategies that shard or wrap parameters, before anything is built."""
         if stage != "fit":
             return
-        self.report = None
+        self.report, self._loaded = None, []  # a resume restores `_loaded` from the checkpoint after `setup`
         strategy = trainer.strategy
-        if not is_strategy(strategy, *_SUPPORTED_STRATEGIES) or is_strategy(strategy, *_UNSUPPORTED_STRATEGIES):
+        supported = is_strategy(strategy, *_SUPPORTED_STRATEGIES)
+        if not supported or is_strategy(strategy, *_UNSUPPORTED_STRATEGIES):
             raise ValueError(
                 f"`PretrainedLayers` supports single-device and DDP strategies, got {type(strategy).__name__}, "
                 "which shards or wraps the parameters before the fit starts. Load the layers before "
@@ -152,17 +154,24 @@ class PretrainedLayers(Callback):
             strict=self.strict,
             into=pl_module,
         )
-        self.report = report
+        self.report, self._loaded = report, list(report.loaded)
         rank_zero_info(f"PretrainedLayers: loaded {self.source} into {type(pl_module).__name__}\n{report}")
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        """What was loaded (for the record; a resume never loads again)."""
-        return {"source": str(self.source), "loaded": list(self.report.loaded) if self.report else []}
+        """What the fit's start loaded, kept through resumes (for the record; a resume never loads again)."""
+        return {"source": str(self.source), "loaded": list(self._loaded)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the record of what was loaded when the fit began."""
+        self._loaded = [str(name) for name in state_dict.get("loaded", [])]
 
 
 def _check_source(source: object, revision: str | None) -> None:
     """Reject a source that cannot load, before the fit: unknown zoo names, malformed hf:// ids, absent folders."""
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise TypeError(f"`revision` must be a non-empty string or None, got {revision!r}")
     if isinstance(source, str) and source.startswith(ZOO_PREFIX):
         resolve_zoo(source[len(ZOO_PREFIX) :])
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
@@ -176,5 +185,3 @@ def _check_source(source: object, revision: str | None) -> None:
             "`source` must be a folder path, 'hf://org/name[@revision]' or 'zoo:name', "
             f"got {type(source).__name__}"
         )
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise TypeError(f"`revision` must be a non-empty string or None, got {revision!r}")
