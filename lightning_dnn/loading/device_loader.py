@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_dnn._checks import check_bool, check_int
-from lightning_dnn.loading.sampler import EpochSampler
+from lightning_dnn.loading.sampler import EpochSampler, resume_position
 
 __all__ = ["DeviceBatchLoader"]
 
@@ -163,10 +163,7 @@ class DeviceBatchLoader:
             >>> [batch[0].tolist() for batch in b] == rest
             True
         """
-        epoch = int(state_dict.get("epoch", 0))
-        served = int(state_dict.get("batches_served", 0))
-        if served >= len(self):
-            epoch, served = epoch + 1, 0
+        epoch, served = resume_position(state_dict, len(self))
         self.sampler.set_epoch(epoch)
         self._iter_epoch, self._served = None, 0
         self._resume = (epoch, served) if served > 0 else None

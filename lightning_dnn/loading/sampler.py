@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lightning_dnn._checks import check_bool, check_int
 
-__all__ = ["EpochSampler"]
+__all__ = ["EpochSampler", "resume_position"]
 
 
 class EpochSampler(DistributedSampler[int]):
@@ -101,3 +101,23 @@ class EpochSampler(DistributedSampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+
+def resume_position(state_dict: Mapping[str, Any], num_batches: int) -> tuple[int, int]:
+    """Where a resumable loader continues from its ``state_dict``: ``(epoch, batches already served)``.
+
+    A state saved after the last batch of an epoch resumes at the start of the next epoch.
+
+    Args:
+        state_dict: the loader's ``{"epoch": ..., "batches_served": ...}`` (missing keys: 0).
+        num_batches: the loader's batches per epoch.
+
+    Example:
+        >>> resume_position({"epoch": 2, "batches_served": 3}, 10), resume_position({"epoch": 2, "batches_served": 10}, 10)
+        ((2, 3), (3, 0))
+    """
+    epoch = int(state_dict.get("epoch", 0))
+    served = int(state_dict.get("batches_served", 0))
+    if served >= num_batches:
+        epoch, served = epoch + 1, 0
+    return epoch, served

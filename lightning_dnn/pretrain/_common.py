@@ -10,9 +10,17 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dnn._checks import check_number
-from lightning_dnn._specs import OptimizerFactory, resolve_optimizer
+from lightning_dnn._specs import NetSpec, OptimizerFactory, resolve_net, resolve_optimizer
 
-__all__ = ["batch_inputs", "check_optimizer", "ddp_finds_unused", "step_generator", "touch", "unused_head"]
+__all__ = [
+    "batch_inputs",
+    "check_optimizer",
+    "ddp_finds_unused",
+    "resolve_encoder",
+    "step_generator",
+    "touch",
+    "unused_head",
+]
 
 
 def check_optimizer(
@@ -76,3 +84,17 @@ def ddp_finds_unused(trainer: Any) -> bool:
         return True
     kwargs = getattr(trainer.strategy, "_ddp_kwargs", None)  # DDPStrategy(**kwargs): the kwargs of DDP
     return not isinstance(kwargs, dict) or bool(kwargs.get("find_unused_parameters", False))
+
+
+def resolve_encoder(encoder: nn.Module | NetSpec) -> tuple[nn.Module, Any]:
+    """The encoder network and its spec, from a module or a class-path spec; errors name the ``encoder`` argument.
+
+    Example:
+        >>> from lightning_dnn.nn import MLP
+        >>> type(resolve_encoder(MLP(4, (3,), 2))[0]).__name__
+        'MLP'
+    """
+    try:
+        return resolve_net(encoder)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"`encoder`: {err}") from None

@@ -13,11 +13,12 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
 from lightning_dnn._lightning import LightningModule, rank_zero_warn
-from lightning_dnn._specs import NetSpec, resolve_net
+from lightning_dnn._specs import NetSpec
 from lightning_dnn.pretrain._common import (
     batch_inputs,
     check_optimizer,
     ddp_finds_unused,
+    resolve_encoder,
     step_generator,
     touch,
     unused_head,
@@ -120,10 +121,7 @@ class Autoencoder(LightningModule):
         grid_samples: int = 8,
     ) -> None:
         super().__init__()
-        try:
-            module, spec = resolve_net(encoder)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"`encoder`: {err}") from None
+        module, spec = resolve_encoder(encoder)
         self.blocks = encoder_blocks(module)  # a plain list: the blocks are registered under `encoder`
         self.encoder = module
         self._head = unused_head(module)  # the MLP's `output`: not used, not trained

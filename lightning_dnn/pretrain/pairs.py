@@ -14,6 +14,7 @@ from typing_extensions import override
 from lightning_dnn._checks import check_int, check_number
 from lightning_dnn._lightning import LightningDataModule, is_data_module
 from lightning_dnn.loading import EpochSampler
+from lightning_dnn.loading.sampler import resume_position
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -176,10 +177,7 @@ class _PairLoader:
         return {"epoch": self._iter_epoch, "batches_served": self._served}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        epoch = int(state_dict.get("epoch", 0))
-        served = int(state_dict.get("batches_served", 0))
-        if served >= len(self):
-            epoch, served = epoch + 1, 0
+        epoch, served = resume_position(state_dict, len(self))
         self.sampler.set_epoch(epoch)
         self._iter_epoch, self._served = None, 0
         self._resume = (epoch, served) if served > 0 else None

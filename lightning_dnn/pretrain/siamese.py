@@ -12,8 +12,8 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_choice, check_int
 from lightning_dnn._lightning import LightningModule
-from lightning_dnn._specs import NetSpec, resolve_net
-from lightning_dnn.pretrain._common import check_optimizer, touch, unused_head
+from lightning_dnn._specs import NetSpec
+from lightning_dnn.pretrain._common import check_optimizer, resolve_encoder, touch, unused_head
 
 __all__ = ["SiamesePretrainer"]
 
@@ -73,10 +73,7 @@ class SiamesePretrainer(LightningModule):
         feature_dim: int | None = None,
     ) -> None:
         super().__init__()
-        try:
-            module, spec = resolve_net(encoder)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"`encoder`: {err}") from None
+        module, spec = resolve_encoder(encoder)
         self.encoder = module
         self._head = unused_head(module)  # the MLP's `output`: not used, not trained
         self.combine = check_choice("combine", combine, _COMBINES)
@@ -135,24 +132,9 @@ class SiamesePretrainer(LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits.float(), target)
         accuracy = ((logits.detach() > 0).float() == target).float().mean()
         n = len(target)
-        self.log(
-            f"{stage}_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=stage != "test",
-            sync_dist=True,
-            batch_size=n,
-        )
-        self.log(
-            f"{stage}_accuracy",
-            accuracy,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=stage != "test",
-            sync_dist=True,
-            batch_size=n,
-        )
+        for name, value in (("loss", loss), ("accuracy", accuracy)):
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, prog_bar=stage != "test",
+                     sync_dist=True, batch_size=n)
         return loss
 
     @override
