@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +28,9 @@ __all__ = [
     "outermost",
     "parse_unfreeze",
     "plan_steps",
+    "planned_steps",
     "resolve_auto",
+    "schedule_label",
     "select_step",
     "step_arg",
     "step_label",
@@ -410,6 +412,60 @@ def plan_steps(
         frozen = remaining
         plan.append((sorted(new), params))
     return plan
+
+
+def planned_steps(
+    pl_module: nn.Module,
+    steps: Sequence[StepSpec],
+    initial: set[str],
+    foreign: set[int],
+    lr_of: Callable[[int, StepSpec], tuple[float | None, float]],
+) -> list[PlannedStep]:
+    """The schedule as :meth:`LayerFreezer.dry_run` shows it: :func:`plan_steps`, each step with its start lr.
+
+    ``lr_of(index, step)``: the step's absolute start lr (or None) and otherwise its factor to the lr of the group
+    it follows.
+
+    Example:
+        >>> net = nn.Sequential()
+        >>> for name in ("hidden1", "hidden2", "output"): net.add_module(name, nn.Linear(2, 2))
+        >>> steps = parse_unfreeze({1: "hidden2"}, "epoch")
+        >>> plan = planned_steps(net, steps, {"hidden2"}, set(), lambda index, step: (None, 1.0))
+        >>> [(s.trigger, s.modules, s.numel) for s in plan]
+        [(1, ('hidden2',), 6)]
+    """
+    plan = plan_steps(pl_module, steps, initial, foreign)
+    universe = [n for n, _ in pl_module.named_modules()]
+    out = []
+    for index, (step, (modules, params)) in enumerate(zip(steps, plan, strict=True)):
+        lr, factor = lr_of(index, step)
+        out.append(
+            PlannedStep(
+                index=index,
+                trigger="metric" if step.epoch is None else step.epoch,
+                pattern=step_label(step, universe),
+                modules=tuple(outermost(modules, universe)),
+                parameters=tuple(n for n, _ in params),
+                numel=sum(p.numel() for _, p in params),
+                lr=lr,
+                lr_factor=factor,
+            )
+        )
+    return out
+
+
+def schedule_label(spec: Sequence[StepSpec] | Literal["auto"], milestones: Milestones) -> Any:
+    """The ``unfreeze`` schedule as LayerFreezer's state key shows it: ``{epoch: label}``, labels, or ``"auto"``.
+
+    Example:
+        >>> schedule_label(parse_unfreeze({2: "hidden2"}, "epoch"), "epoch")
+        {2: 'hidden2'}
+    """
+    if spec == "auto":
+        return "auto"
+    if milestones == "epoch":
+        return {s.epoch: step_label(s) for s in spec}
+    return [step_label(s) for s in spec]
 
 
 def _nothing_error(

@@ -18,14 +18,19 @@ __all__ = [
     "EVAL_MARK",
     "FROZEN_MARK",
     "check_freezes_something",
+    "freeze_params",
+    "frozen_norms",
     "head_frozen_set",
+    "hold_eval",
     "holds_parameters",
     "mark_frozen",
     "marked_frozen",
     "owned_parameters",
     "owner_map",
+    "refreeze",
     "release_norms",
     "release_stale",
+    "unfreeze_owned",
     "warn_foreign",
     "with_descendants",
 ]
@@ -176,6 +181,97 @@ def check_freezes_something(root: nn.Module, frozen: set[str]) -> None:
             f"`freeze` selects modules without parameters or normalization buffers: "
             f"{shorten(sorted(frozen), 12)}; select the layers that hold the weights."
         )
+
+
+def freeze_params(root: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Freeze ``params`` (``requires_grad=False``, ``grad=None``) and mark them as frozen by a LayerFreezer.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> freeze_params(net, [net.weight])
+        >>> net.weight.requires_grad, marked_frozen(net) == {id(net.weight)}
+        (False, True)
+    """
+    for param in params:
+        param.requires_grad_(False)
+        param.grad = None
+    mark_frozen(root, params, True)
+
+
+def refreeze(root: nn.Module, params: Iterable[tuple[str, nn.Parameter]], frozen: set[str]) -> None:
+    """Freeze the ``params`` that a module in ``frozen`` holds, make the others trainable, and mark both.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> refreeze(net, net.named_parameters(), {"1"})
+        >>> [p.requires_grad for p in net.parameters()]
+        [True, True, False, False]
+    """
+    owners = owner_map(root)
+    now_frozen: list[nn.Parameter] = []
+    now_trainable: list[nn.Parameter] = []
+    for _, param in params:
+        is_frozen = any(o in frozen for o in owners[id(param)])
+        param.requires_grad_(not is_frozen)
+        (now_frozen if is_frozen else now_trainable).append(param)
+        if is_frozen:
+            param.grad = None
+    mark_frozen(root, now_frozen, True)
+    mark_frozen(root, now_trainable, False)
+
+
+def unfreeze_owned(
+    root: nn.Module, params: Iterable[tuple[str, nn.Parameter]], frozen: set[str], modules: set[str]
+) -> list[tuple[str, nn.Parameter]]:
+    """Make trainable the ``params`` no module in ``frozen`` holds; the norms in ``modules`` follow the root's mode.
+
+    Returns:
+        The parameters made trainable (their marks erased).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+        >>> freeze_params(net, list(net.parameters()))
+        >>> hold_eval([net[1]])
+        >>> [n for n, _ in unfreeze_owned(net, net.named_parameters(), {"0"}, {"1"})], net[1].training
+        (['1.weight', '1.bias'], True)
+    """
+    owners = owner_map(root)
+    unfrozen = []
+    for name, param in params:
+        if not any(o in frozen for o in owners[id(param)]):
+            param.requires_grad_(True)
+            unfrozen.append((name, param))
+    mark_frozen(root, [p for _, p in unfrozen], False)
+    for name, module in root.named_modules():
+        if name in modules and isinstance(module, _NormBase):
+            module.train(root.training)
+            module.__dict__.pop(EVAL_MARK, None)
+    return unfrozen
+
+
+def frozen_norms(root: nn.Module, frozen: set[str]) -> list[nn.Module]:
+    """The normalization layers among the ``frozen`` modules.
+
+    Example:
+        >>> [type(m).__name__ for m in frozen_norms(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), {"0", "1"})]
+        ['BatchNorm1d']
+    """
+    return [m for n, m in root.named_modules() if n in frozen and isinstance(m, _NormBase)]
+
+
+def hold_eval(norms: Iterable[nn.Module]) -> None:
+    """Put the ``norms`` in training mode back in eval mode, marked (:data:`EVAL_MARK`) so a later fit releases them.
+
+    Example:
+        >>> norm = nn.BatchNorm1d(2)
+        >>> hold_eval([norm])
+        >>> norm.training, norm.__dict__[EVAL_MARK]
+        (False, True)
+    """
+    for module in norms:
+        if module.training:
+            module.train(False)
+            module.__dict__[EVAL_MARK] = True  # so that a later fit can put it back
 
 
 def release_norms(root: nn.Module, keep: set[str]) -> list[str]:

@@ -12,7 +12,7 @@ from torch import nn
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
 from lightning_dnn._selection import shorten
 
-__all__ = ["MetricPhases"]
+__all__ = ["MetricPhases", "metric_phases"]
 
 Mode = Literal["min", "max"]
 
@@ -130,3 +130,29 @@ class MetricPhases:
         self.wait = int(state.get("wait", 0))
         self.best_epoch = state.get("best_epoch")
         self.best_state = state.get("best_weights")
+
+
+def metric_phases(
+    milestones: str, monitor: str | None, mode: Mode, patience: int, min_delta: float, restore_best: bool
+) -> MetricPhases | None:
+    """LayerFreezer's metric milestones: a :class:`MetricPhases` with ``milestones="metric"``, else None.
+
+    Raises:
+        ValueError: ``milestones="metric"`` without ``monitor``; ``monitor``/``restore_best`` given with
+            ``milestones="epoch"``.
+
+    Example:
+        >>> metric_phases("epoch", None, "min", 2, 0.0, False) is None
+        True
+    """
+    if milestones == "metric":
+        if monitor is None:
+            raise ValueError("milestones='metric' needs `monitor`, the name of a logged metric, got None")
+        return MetricPhases(monitor, mode, patience, min_delta, restore_best)
+    for arg, value, default in (("monitor", monitor, None), ("restore_best", restore_best, False)):
+        if value != default:
+            raise ValueError(
+                f"`{arg}`={value!r} is used by milestones='metric' only; with milestones='epoch' the steps "
+                "run at fixed epochs: set milestones='metric' or drop it"
+            )
+    return None

@@ -1,19 +1,18 @@
 """LayerFreezer: freeze layers before training and unfreeze them in steps (progressive unfreezing).
 
 The schedule's forms live in ``_freeze_schedule.py``, the metric-driven advances in ``_phases.py``, the param-group
-and scheduler surgery in ``_param_groups.py``, the DDP gradient averaging in ``_ddp_sync.py``.
+and scheduler surgery in ``_param_groups.py`` (the groups a step adds: ``_freeze_groups.py``), the frozen set in
+``_frozen_set.py``, the DDP gradient averaging in ``_ddp_sync.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
@@ -21,6 +20,16 @@ from lightning_dnn._lightning import is_strategy, rank_zero_info, rank_zero_warn
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
 from lightning_dnn.callbacks._configure_model import AfterConfigureModel, after_configure_model
 from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
+from lightning_dnn.callbacks._freeze_groups import (
+    GroupOptions,
+    add_step_groups,
+    check_schedulers,
+    restore_group,
+    scheduler_starts,
+    step_lr,
+    step_record,
+    user_buckets,
+)
 from lightning_dnn.callbacks._freeze_schedule import (
     Milestones,
     PlannedStep,
@@ -28,33 +37,30 @@ from lightning_dnn.callbacks._freeze_schedule import (
     outermost,
     parse_unfreeze,
     plan_steps,
+    planned_steps,
     resolve_auto,
+    schedule_label,
     select_step,
-    step_label,
 )
 from lightning_dnn.callbacks._frozen_set import (
-    EVAL_MARK,
     check_freezes_something,
+    freeze_params,
+    frozen_norms,
     head_frozen_set,
-    mark_frozen,
+    hold_eval,
     marked_frozen,
     owned_parameters,
-    owner_map,
+    refreeze,
     release_norms,
     release_stale,
+    unfreeze_owned,
     warn_foreign,
     with_descendants,
 )
-from lightning_dnn.callbacks._param_groups import (
-    add_param_group,
-    check_proportional,
-    optimizer_param_ids,
-    restart_scheduler,
-    scale,
-)
-from lightning_dnn.callbacks._phases import MetricPhases
+from lightning_dnn.callbacks._param_groups import restart_scheduler
+from lightning_dnn.callbacks._phases import MetricPhases, metric_phases
 from lightning_dnn.callbacks._state_key import StateKeyOnce
-from lightning_dnn.callbacks._user_groups import DEFAULT_BUCKET, Bucket, follows_first, probe_buckets
+from lightning_dnn.callbacks._user_groups import Bucket
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -229,18 +235,9 @@ class LayerFreezer(StateKeyOnce):
             else check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_inclusive=False)
         )
         self.reset_scheduler = check_bool("reset_scheduler", reset_scheduler)
-        self._phases: MetricPhases | None = None
-        if self.milestones == "metric":
-            if monitor is None:
-                raise ValueError("milestones='metric' needs `monitor`, the name of a logged metric, got None")
-            self._phases = MetricPhases(monitor, mode, patience, min_delta, restore_best)
-        else:
-            for arg, value, default in (("monitor", monitor, None), ("restore_best", restore_best, False)):
-                if value != default:
-                    raise ValueError(
-                        f"`{arg}`={value!r} is used by milestones='metric' only; with milestones='epoch' the steps "
-                        "run at fixed epochs: set milestones='metric' or drop it"
-                    )
+        self._phases: MetricPhases | None = metric_phases(
+            self.milestones, monitor, mode, patience, min_delta, restore_best
+        )
         # Run-time state.
         self._steps: list[StepSpec] = [] if self._spec == "auto" else list(self._spec)
         self._module: pl.LightningModule | None = None
@@ -327,7 +324,7 @@ class LayerFreezer(StateKeyOnce):
             >>> LayerFreezer("hidden[12]").initially_frozen(net)
             ['hidden1', 'hidden2']
         """
-        return sorted(self._top(self._initial_frozen(pl_module)))
+        return sorted(outermost(self._initial_frozen(pl_module)))
 
     def dry_run(self, pl_module: nn.Module) -> list[PlannedStep]:
         """Resolve the whole schedule against ``pl_module`` without changing it, and check it.
@@ -356,24 +353,8 @@ class LayerFreezer(StateKeyOnce):
         check_freezes_something(pl_module, frozen)
         foreign = {id(p) for p in pl_module.parameters() if not p.requires_grad} - marked_frozen(pl_module)
         steps = self._resolve_steps(pl_module, frozen, foreign)
-        plan = plan_steps(pl_module, steps, frozen, foreign)
-        universe = [n for n, _ in pl_module.named_modules()]
-        out = []
-        for index, (step, (modules, params)) in enumerate(zip(steps, plan, strict=True)):
-            lr, factor = self._step_lr(index, step)
-            out.append(
-                PlannedStep(
-                    index=index,
-                    trigger="metric" if step.epoch is None else step.epoch,
-                    pattern=step_label(step, universe),
-                    modules=tuple(outermost(modules, universe)),
-                    parameters=tuple(n for n, _ in params),
-                    numel=sum(p.numel() for _, p in params),
-                    lr=lr,
-                    lr_factor=factor,
-                )
-            )
-        return out
+        lr_of = partial(step_lr, unfrozen_lr=self.unfrozen_lr, layer_decay=self.layer_decay)
+        return planned_steps(pl_module, steps, frozen, foreign, lr_of)
 
     # ----------------------------------------------------------------------------------------------- state --
     @override
@@ -383,14 +364,7 @@ class LayerFreezer(StateKeyOnce):
             freeze = "all but " + "|".join(p.pattern for p in self._head)
         else:
             freeze = "|".join(p.pattern for p in self._freeze)
-        unfreeze: Any
-        if self._spec == "auto":
-            unfreeze = "auto"
-        elif self.milestones == "epoch":
-            unfreeze = {s.epoch: step_label(s) for s in self._spec}
-        else:
-            unfreeze = [step_label(s) for s in self._spec]
-        fields: dict[str, Any] = {"freeze": freeze, "unfreeze": unfreeze}
+        fields: dict[str, Any] = {"freeze": freeze, "unfreeze": schedule_label(self._spec, self.milestones)}
         if self._phases is not None:
             fields["monitor"] = self._phases.monitor
         return fields
@@ -406,22 +380,14 @@ class LayerFreezer(StateKeyOnce):
         """
         return {
             "frozen": sorted(self._frozen),
-            "unfrozen": [
-                {
-                    "step": rec["step"],
-                    "epoch": rec["epoch"],
-                    "modules": list(rec["modules"]),
-                    "groups": [{"name": g["name"], "params": list(g["params"])} for g in rec["groups"]],
-                }
-                for rec in self._applied
-            ],
+            "unfrozen": [step_record(rec, i) for i, rec in enumerate(self._applied)],
             "triggered": self._triggered,
             "metric": None if self._phases is None else self._phases.state_dict(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        applied = [_record(rec, i) for i, rec in enumerate(state_dict.get("unfrozen", []))]
+        applied = [step_record(rec, i) for i, rec in enumerate(state_dict.get("unfrozen", []))]
         initial = set(state_dict.get("frozen", [])) | {m for rec in applied for m in rec.get("modules", [])}
         if self._module is None:  # not set up yet: `setup` applies it
             self._pending_state = dict(state_dict)
@@ -433,17 +399,7 @@ class LayerFreezer(StateKeyOnce):
         # Lightning restores callbacks after `setup` and before the DDP wrap and `configure_optimizers`: freeze
         # exactly what was frozen at the start of the original run; `on_fit_start` replays the steps.
         module = self._module
-        owners = owner_map(module)
-        now_frozen: list[nn.Parameter] = []
-        now_trainable: list[nn.Parameter] = []
-        for _, param in self._own(module, self._frozen | initial):
-            frozen = any(o in initial for o in owners[id(param)])
-            param.requires_grad_(not frozen)
-            (now_frozen if frozen else now_trainable).append(param)
-            if frozen:
-                param.grad = None
-        mark_frozen(module, now_frozen, True)
-        mark_frozen(module, now_trainable, False)
+        refreeze(module, self._own(module, self._frozen | initial), initial)
         self._frozen = initial & {n for n, _ in module.named_modules()}
         release_norms(module, self._frozen if self.bn == "eval" else set())
         self._refresh_norms()
@@ -482,13 +438,10 @@ class LayerFreezer(StateKeyOnce):
         keep = self._frozen if self.bn == "eval" else set()
         release_stale(pl_module, ours - {id(p) for _, p in params}, keep)
         params = [(n, p) for n, p in params if id(p) not in self._foreign]
-        for _, param in params:
-            param.requires_grad_(False)
-            param.grad = None
-        mark_frozen(pl_module, [p for _, p in params], True)
+        freeze_params(pl_module, [p for _, p in params])
         self._refresh_norms()
         rank_zero_info(
-            f"LayerFreezer: froze {len(params)} parameter tensors in {shorten(self._top(self._frozen), 12)}"
+            f"LayerFreezer: froze {len(params)} parameter tensors in {shorten(outermost(self._frozen), 12)}"
         )
         warn_foreign(pl_module, self._foreign)
         if self._pending_state is not None:
@@ -511,25 +464,15 @@ class LayerFreezer(StateKeyOnce):
             groups = trainer.optimizers[0].param_groups
             self._base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
             frozen = [p for _, p in self._own(pl_module, self._frozen) if not p.requires_grad]
-            if frozen:  # learn which user group each frozen parameter joins once it is trainable
-                buckets = probe_buckets(pl_module.configure_optimizers, groups, frozen, self._base_lrs[0])
-                # one plain group (the user's groups were all emptied by freezing, or there is one): as before
-                if len(groups) > 1 or any(not follows_first(b, groups[0]) for b in buckets.values()):
-                    self._buckets = buckets
-            self._check_schedulers(trainer)
+            self._buckets = user_buckets(pl_module, groups, frozen, self._base_lrs[0])
+            check_schedulers(trainer, self._steps, self._group_options())
             if self.reset_scheduler:
-                for group in groups:
-                    group.setdefault("initial_lr", scale(group["lr"], 1.0))
-                self._scheduler_starts = [
-                    (c.scheduler, copy.deepcopy(c.scheduler.state_dict()))
-                    for c in trainer.lr_scheduler_configs
-                    if c.scheduler.optimizer is trainer.optimizers[0]
-                ]
+                self._scheduler_starts = scheduler_starts(trainer)
         # Replay the steps the checkpoint applied so the optimizer has the param groups its state expects.
         for rec in self._applied:
             self._unfreeze(pl_module, [m for m in rec["modules"] if m in self._frozen])
             for group in rec["groups"]:
-                self._restore_group(trainer, pl_module, rec["step"], group)
+                restore_group(trainer, pl_module, self._steps, rec["step"], group, self._group_options())
         self._refresh_unsynced(pl_module)
 
     @override
@@ -610,15 +553,6 @@ class LayerFreezer(StateKeyOnce):
             return list(self._spec)
         return resolve_auto(pl_module, frozen, foreign, self.milestones)
 
-    def _step_lr(self, index: int, step: StepSpec) -> tuple[float | None, float]:
-        """The step's absolute start lr (or None) and otherwise its factor to the lr of the group it follows."""
-        decay = 1.0 if self.layer_decay is None else self.layer_decay ** (index + 1)
-        if step.lr is not None:
-            return step.lr, 1.0
-        if self.unfrozen_lr is not None:
-            return self.unfrozen_lr * decay, 1.0
-        return None, decay
-
     def _due(self, trainer: pl.Trainer) -> bool:
         index = len(self._applied)
         if index >= len(self._steps):
@@ -630,30 +564,10 @@ class LayerFreezer(StateKeyOnce):
         while self._due(trainer):
             self._apply_step(trainer, pl_module, len(self._applied))
 
-    def _group_name(self, index: int) -> str:
-        epoch = self._steps[index].epoch
-        return f"unfrozen-step{index + 1}" if epoch is None else f"unfrozen-epoch{epoch}"
-
     def _apply_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         modules = sorted(select_step(pl_module, index, self._steps[index], self._frozen))
         params = self._unfreeze(pl_module, modules)
-        held = optimizer_param_ids(trainer.optimizers)
-        new = [(n, p) for n, p in params if id(p) not in held]
-        if new and not trainer.optimizers:
-            rank_zero_warn(
-                "LayerFreezer: the trainer has no optimizer; unfrozen parameters were not added to one."
-            )
-            new = []
-        buckets: dict[int, tuple[Bucket, list[tuple[str, nn.Parameter]]]] = {}
-        for name, param in new:
-            bucket = self._buckets.get(id(param), DEFAULT_BUCKET)
-            buckets.setdefault(id(bucket), (bucket, []))[1].append((name, param))
-        groups = []
-        base = self._group_name(index)
-        for bucket, items in buckets.values():
-            name = base if len(buckets) == 1 else f"{base}/{bucket.label or 'default'}"
-            self._add_group(trainer, index, [p for _, p in items], [n for n, _ in items], name, bucket)
-            groups.append({"name": name, "params": [n for n, _ in items]})
+        groups, added = add_step_groups(trainer, self._steps, index, params, self._group_options())
         self._applied.append(
             {"step": index, "epoch": trainer.current_epoch, "modules": modules, "groups": groups}
         )
@@ -664,79 +578,14 @@ class LayerFreezer(StateKeyOnce):
         where = f" as param groups {[g['name'] for g in groups]}" if groups else ""
         rank_zero_info(
             f"LayerFreezer: epoch {trainer.current_epoch}: step {index + 1} unfroze "
-            f"{shorten(self._top(set(modules)), 12)} ({len(params)} parameter tensors, {len(new)} added to the "
+            f"{shorten(outermost(set(modules)), 12)} ({len(params)} parameter tensors, {added} added to the "
             f"optimizer{where})"
         )
 
-    def _add_group(
-        self,
-        trainer: pl.Trainer,
-        index: int,
-        params: list[nn.Parameter],
-        names: list[str],
-        group_name: str,
-        bucket: Bucket,
-    ) -> None:
-        optimizer = trainer.optimizers[0]
-        lr, factor = self._step_lr(index, self._steps[index])
-        new = add_param_group(
-            optimizer,
-            params,
-            name=group_name,
-            lr=lr,
-            ratio=None if lr is not None else bucket.ratio * factor,
-            like=bucket.like,
-            settings=bucket.settings,
-            schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
-            param_names=names,
-            fallback_lr=self._base_lrs[bucket.like] if self._base_lrs else None,
+    def _group_options(self) -> GroupOptions:
+        return GroupOptions(
+            self.unfrozen_lr, self.layer_decay, self.reset_scheduler, self._buckets, self._base_lrs
         )
-        if self.reset_scheduler and lr is not None:
-            new["initial_lr"] = scale(new["lr"], 1.0)  # restarts begin at the step's lr
-
-    def _restore_group(
-        self, trainer: pl.Trainer, pl_module: nn.Module, index: int, group: Mapping[str, Any]
-    ) -> None:
-        """Add back a param group a step added before the checkpoint was saved (values restored after)."""
-        by_name = dict(pl_module.named_parameters())
-        missing = [n for n in group["params"] if n not in by_name]
-        if missing:
-            raise RuntimeError(
-                f"LayerFreezer cannot restore param group {group['name']!r}: the model has no "
-                f"parameters {shorten(missing, 12)}."
-            )
-        params = [by_name[n] for n in group["params"]]
-        held = optimizer_param_ids(trainer.optimizers)
-        if any(id(p) in held for p in params):
-            raise RuntimeError(
-                f"LayerFreezer cannot restore param group {group['name']!r}: `configure_optimizers` "
-                "already put some of its parameters in the optimizer, unlike the run that saved the "
-                "checkpoint; the optimizer state would not match."
-            )
-        bucket = self._buckets.get(id(params[0]), DEFAULT_BUCKET)
-        self._add_group(trainer, index, params, list(group["params"]), group["name"], bucket)
-
-    def _check_schedulers(self, trainer: pl.Trainer) -> None:
-        """Refuse at fit start a scheduler that cannot keep a step's lr in proportion (instead of at the step)."""
-        arg = (
-            "unfrozen_lr"
-            if self.unfrozen_lr is not None
-            else "layer_decay"
-            if self.layer_decay is not None
-            else "unfreeze lr"
-            if any(s.lr is not None for s in self._steps)
-            else "the user's param groups (their lr ratios)"
-            if any(b.ratio != 1.0 for b in self._buckets.values())
-            else None
-        )
-        if arg is None:
-            return
-        for config in trainer.lr_scheduler_configs:
-            if config.scheduler.optimizer is trainer.optimizers[0]:
-                try:
-                    check_proportional(config.scheduler)
-                except ValueError as err:
-                    raise ValueError(f"`{arg}`: {err}") from None
 
     # --------------------------------------------------------------------------------------------- helpers --
     def _unfreeze(self, pl_module: nn.Module, modules: Iterable[str]) -> list[tuple[str, nn.Parameter]]:
@@ -745,17 +594,7 @@ class LayerFreezer(StateKeyOnce):
         if not modules:
             return []
         self._frozen -= modules
-        owners = owner_map(pl_module)
-        params = []
-        for name, param in self._own(pl_module, modules):
-            if not any(o in self._frozen for o in owners[id(param)]):
-                param.requires_grad_(True)
-                params.append((name, param))
-        mark_frozen(pl_module, [p for _, p in params], False)
-        for name, module in pl_module.named_modules():
-            if name in modules and isinstance(module, _NormBase):
-                module.train(pl_module.training)
-                module.__dict__.pop(EVAL_MARK, None)
+        params = unfreeze_owned(pl_module, self._own(pl_module, modules), self._frozen, modules)
         self._refresh_norms()
         return params
 
@@ -764,12 +603,8 @@ class LayerFreezer(StateKeyOnce):
         return [(n, p) for n, p in owned_parameters(root, modules) if id(p) not in self._foreign]
 
     def _refresh_norms(self) -> None:
-        module = self._module
-        if module is None:
-            return
-        self._frozen_norms = [
-            m for n, m in module.named_modules() if n in self._frozen and isinstance(m, _NormBase)
-        ]
+        if self._module is not None:
+            self._frozen_norms = frozen_norms(self._module, self._frozen)
 
     def _refresh_unsynced(self, pl_module: nn.Module) -> None:
         unfrozen = {m for rec in self._applied for m in rec["modules"]}
@@ -777,24 +612,4 @@ class LayerFreezer(StateKeyOnce):
 
     def _apply_norm_mode(self) -> None:
         if self.bn == "eval":
-            for module in self._frozen_norms:
-                if module.training:
-                    module.train(False)
-                    module.__dict__[EVAL_MARK] = True  # so that a later fit can put it back
-
-    def _top(self, names: set[str]) -> list[str]:
-        """The outermost names of a set closed under descendants (for messages)."""
-        return outermost(names)
-
-
-def _record(rec: Mapping[str, Any], position: int) -> dict[str, Any]:
-    """An applied step as stored by :meth:`LayerFreezer.state_dict` (also the older one-group form)."""
-    groups = rec.get("groups")
-    if groups is None:
-        groups = [{"name": rec["group_name"], "params": list(rec["group"])}] if rec.get("group") else []
-    return {
-        "step": int(rec.get("step", position)),
-        "epoch": rec.get("epoch"),
-        "modules": list(rec.get("modules", [])),
-        "groups": [{"name": g["name"], "params": list(g["params"])} for g in groups],
-    }
+            hold_eval(self._frozen_norms)
