@@ -52,7 +52,11 @@ class Net(pl.LightningModule):
         return nn.functional.cross_entropy(self.net(x), y)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("score", SCORES[self.current_epoch])
+        self.log("score", self.score())
+
+    def score(self) -> float:
+        """The scripted validation metric of this epoch."""
+        return SCORES[self.current_epoch]
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
@@ -73,6 +77,10 @@ class Data(pl.LightningDataModule):
     Lightning's automatic one always shuffles training data), so each global batch of 8 is split into two halves
     of 4: the same 8 samples as the single-process batch."""
 
+    def __init__(self, train_size: int = 64, val_size: int = 16) -> None:
+        super().__init__()
+        self.sizes = train_size, val_size
+
     def _loader(self, n: int) -> DataLoader:
         gen = torch.Generator().manual_seed(0)
         dataset = TensorDataset(torch.randn(n, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen))
@@ -81,10 +89,10 @@ class Data(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=GLOBAL_BATCH // world, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(64)
+        return self._loader(self.sizes[0])
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(16)
+        return self._loader(self.sizes[1])
 
 
 def run(out_dir: str | Path, devices: int) -> None:
