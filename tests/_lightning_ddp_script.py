@@ -18,6 +18,7 @@ from lightning_dnn import DNNClassifier
 from lightning_dnn._lightning import LightningDataModule
 from lightning_dnn.callbacks import LayerFreezer, MaxNorm
 from lightning_dnn.nn import MLP
+from tests.trainer_utils import quiet_trainer_kwargs
 
 GLOBAL_BATCH = 8
 
@@ -38,17 +39,14 @@ def run(out_dir: str | Path, devices: int) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=out,
-        callbacks=[MaxNorm(1.0, pattern="hidden.*"), LayerFreezer("hidden1", unfreeze={1: "hidden1"})],
+        **quiet_trainer_kwargs(
+            out,
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            max_epochs=3,
+            use_distributed_sampler=False,
+            callbacks=[MaxNorm(1.0, pattern="hidden.*"), LayerFreezer("hidden1", unfreeze={1: "hidden1"})],
+        )
     )
     torch.manual_seed(0)
     model = DNNClassifier(MLP(6, (16, 16), 3), optimizer="momentum", lr=0.05)

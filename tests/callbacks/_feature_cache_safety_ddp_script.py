@@ -27,6 +27,7 @@ from lightning_dnn.callbacks.feature_cache import FeatureCache
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.nn import MLP
+from tests.trainer_utils import quiet_trainer_kwargs
 
 NO_BUFFER_SYNC = (
     {"forward_sync_buffers": False}
@@ -69,17 +70,14 @@ def run(out_dir: str | Path, devices: int, scenario: str = "verify", *, cached: 
     auditor = FreezeAuditor(example_input=torch.randn(4, D))
     cache = FeatureCache(verify=True)
     trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=DDPStrategy(**(NO_BUFFER_SYNC if scenario == "refuse" else {})) if devices > 1 else "auto",
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=out / f"root{devices}",
-        callbacks=[LayerFreezer(r"(trunk\.)?hidden[12]"), *([cache, auditor] if cached else [])],
+        **quiet_trainer_kwargs(
+            out / f"root{devices}",
+            devices=devices,
+            strategy=DDPStrategy(**(NO_BUFFER_SYNC if scenario == "refuse" else {})) if devices > 1 else "auto",
+            max_epochs=2,
+            num_sanity_val_steps=0,
+            callbacks=[LayerFreezer(r"(trunk\.)?hidden[12]"), *([cache, auditor] if cached else [])],
+        )
     )
     mode = "cached" if cached else "live"
     if scenario == "refuse":

@@ -18,6 +18,7 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from lightning_dnn.callbacks.freezing import LayerFreezer
 from tests.callbacks import _freezing_ddp_script as freezing_ddp
+from tests.trainer_utils import quiet_trainer_kwargs
 
 SCORES = {
     0: [
@@ -53,18 +54,15 @@ def run(out_dir: str | Path, devices: int) -> None:
         restore_best=True,
     )
     trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=DDPStrategy(find_unused_parameters=False) if devices > 1 else "auto",
-        max_epochs=len(SCORES[0]),
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        default_root_dir=out / f"root{devices}",
-        callbacks=[freezer, record],
+        **quiet_trainer_kwargs(
+            out / f"root{devices}",
+            devices=devices,
+            strategy=DDPStrategy(find_unused_parameters=False) if devices > 1 else "auto",
+            max_epochs=len(SCORES[0]),
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            callbacks=[freezer, record],
+        )
     )
     model = Net()
     trainer.fit(model, datamodule=freezing_ddp.Data(train_size=32, val_size=8))

@@ -19,7 +19,7 @@ from lightning_dnn.callbacks import FeatureCache, LayerFreezer
 from lightning_dnn.hub import PretrainedLayers, StrictLoadError, load_state_dict_partial, save_pretrained
 from lightning_dnn.nn import MLP
 from tests.ddp_utils import run_ddp_script
-from tests.trainer_utils import quiet_trainer
+from tests.trainer_utils import quiet_trainer, quiet_trainer_kwargs
 
 ZOO = Path(__file__).resolve().parents[2] / "zoo"
 
@@ -182,16 +182,13 @@ def _ddp_main(out: Path, world_size: int) -> None:
     model = DNNClassifier(MLP(6, (8, 8, 8), 4), optimizer="adam", lr=0.01)
     callbacks = [LayerFreezer("hidden[12]"), PretrainedLayers(out / "source", include="hidden[1-3]")]
     trainer = pl.Trainer(
-        accelerator="cpu",
-        strategy="ddp",
-        devices=world_size,
-        max_epochs=2,
-        callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=out,
+        **quiet_trainer_kwargs(
+            out,
+            strategy="ddp",
+            devices=world_size,
+            max_epochs=2,
+            callbacks=callbacks,
+        )
     )
     trainer.fit(model, _loader())
     save_file(

@@ -22,6 +22,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from lightning_dnn.data import ArrayDataModule
 from lightning_dnn.nn import MLP
 from lightning_dnn.pretrain import Autoencoder, PairDataModule, SiamesePretrainer
+from tests.trainer_utils import quiet_trainer_kwargs
 
 GLOBAL_BATCH = 16
 
@@ -49,17 +50,14 @@ def data(devices: int) -> PairDataModule:
 
 def trainer(out: Path, devices: int, record: Record, find_unused: bool) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=DDPStrategy(find_unused_parameters=find_unused) if devices > 1 else "auto",
-        max_epochs=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=out / f"root{devices}",
-        callbacks=[record],
+        **quiet_trainer_kwargs(
+            out / f"root{devices}",
+            devices=devices,
+            strategy=DDPStrategy(find_unused_parameters=find_unused) if devices > 1 else "auto",
+            max_epochs=2,
+            num_sanity_val_steps=0,
+            callbacks=[record],
+        )
     )
 
 
