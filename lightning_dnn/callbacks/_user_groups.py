@@ -20,6 +20,7 @@ __all__ = [
     "Bucket",
     "follows_first",
     "group_settings",
+    "own_settings",
     "probe_buckets",
     "probe_param_groups",
     "same_settings",
@@ -94,7 +95,7 @@ def probe_buckets(
         if not members:
             continue
         like = next((j for j, g in enumerate(live) if same_settings(g, group)), None)
-        settings = {k: v for k, v in group_settings(group).items() if k not in ("lr", "initial_lr", "name")}
+        settings = own_settings(group)
         label = str(group.get("name") or f"group{i}")
         if like is not None:
             bucket = Bucket(like=like, ratio=1.0, settings=settings, label=label)
@@ -113,9 +114,22 @@ def follows_first(bucket: Bucket, first: Mapping[str, Any]) -> bool:
         ...               {"params": [], "lr": 0.1, "momentum": 0.9})
         True
     """
-    settings = {k: v for k, v in group_settings(first).items() if k not in ("lr", "initial_lr", "name")}
-    same = bucket.settings is None or same_settings(bucket.settings, settings)
+    same = bucket.settings is None or same_settings(bucket.settings, own_settings(first))
     return bucket.like == 0 and bucket.ratio == 1.0 and same
+
+
+def own_settings(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A user group's settings that a new group keeps as they are: all but its name and every learning rate.
+
+    The learning rates (``lr``, and ``initial_lr``, ``max_lr``, ``min_lr`` ... that a scheduler wrote on the group)
+    are derived from the group the new one follows, at its ratio (``add_param_group``); taking them from the probed
+    group would pin the new group to values of a discarded scheduler.
+
+    Example:
+        >>> own_settings({"params": [], "lr": 0.1, "max_lr": 1.0, "initial_lr": 0.04, "weight_decay": 0.01, "lr_scale": 0.5})
+        {'weight_decay': 0.01, 'lr_scale': 0.5}
+    """
+    return {k: v for k, v in group_settings(group).items() if k != "name" and not k.endswith("lr")}
 
 
 def group_settings(group: Mapping[str, Any]) -> dict[str, Any]:

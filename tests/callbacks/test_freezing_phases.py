@@ -821,3 +821,19 @@ def test_a_user_group_emptied_by_freezing_keeps_its_lr_when_its_parameters_are_u
     assert groups[1]["momentum"] == 0.9
     backbone = {id(p) for name in ("hidden1", "hidden2", "hidden3") for p in getattr(model.net, name).parameters()}
     assert {id(p) for p in groups[1]["params"]} == backbone
+
+
+def test_a_rebuilt_user_group_keeps_its_ratio_under_one_cycle(tmp_path: Path) -> None:
+    # OneCycleLR writes max_lr/min_lr on every group, also in the probe's discarded optimizer: the rebuilt group
+    # must take them from the group it follows at its ratio, or its lr ends where the others' does
+    def one_cycle(opt: torch.optim.Optimizer) -> Any:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=8)
+        return {"scheduler": sched, "interval": "step"}
+
+    t = trainer(tmp_path, [LayerFreezer("hidden1", unfreeze={1: "hidden1"}, layer_decay=0.5)])
+    t.fit(LayerGroups(one_cycle), loader())  # 4 steps per epoch, 8 in all
+    groups = t.optimizers[0].param_groups
+    assert [g.get("name") for g in groups] == [None, None, None, "unfrozen-epoch1"]
+    first, rebuilt = groups[0], groups[3]  # hidden2 (user lr 0.05) and hidden1 (user lr 0.01), decay 0.5
+    for key in ("lr", "max_lr", "min_lr", "initial_lr"):
+        assert rebuilt[key] == pytest.approx(first[key] * 0.2 * 0.5, rel=1e-9), key
