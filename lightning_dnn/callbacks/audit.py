@@ -343,15 +343,16 @@ def _with_initial_freeze(module: nn.Module, freezer: Any, kept_eval: set[str]) -
         names = set(initially_frozen(module))
     except ValueError:
         return module, kept_eval  # the schedule row reports the error (dry_run raises it too)
-    modules = dict(module.named_modules())
-    if not any(p.requires_grad for n in names for p in modules[n].parameters()):
+    own = (p for n, m in module.named_modules() if n in names for p in m.parameters(recurse=False))
+    if not any(p.requires_grad for p in own):
         return module, kept_eval  # already frozen: audit it as it is
     copy = deepcopy(module)
-    copied = dict(copy.named_modules())
-    for name in names:
-        copied[name].requires_grad_(False)
+    for name, copied in copy.named_modules():
+        if name in names:
+            for param in copied.parameters(recurse=False):  # its own tensors: an ancestor's other children stay
+                param.requires_grad_(False)
     if getattr(freezer, "bn", None) == "eval":
-        kept_eval = kept_eval | {n for n in copied if any(n == f or n.startswith(f + ".") for f in names)}
+        kept_eval = kept_eval | names
     return copy, kept_eval
 
 

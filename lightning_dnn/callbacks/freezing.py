@@ -307,13 +307,15 @@ class LayerFreezer(StateKeyOnce):
 
     # -------------------------------------------------------------------------------------------- dry run --
     def initially_frozen(self, pl_module: nn.Module) -> list[str]:
-        """The modules this freezer freezes when a fit starts on ``pl_module``, outermost names; changes nothing.
+        """The modules whose own tensors this freezer freezes when a fit starts on ``pl_module``; changes nothing.
 
         Args:
             pl_module: the LightningModule (or any module) the freezer will be used with, its layers built.
 
         Returns:
-            The outermost selected module names (their submodules are frozen with them), sorted.
+            Every such module's name, sorted: a selected module and all its submodules, and for
+            :meth:`freeze_all_but_head` also the head's ancestors (``""`` for the root), whose directly held
+            tensors (ViT's ``cls_token``) are frozen without their other children.
 
         Raises:
             ValueError: ``freeze`` selects no module of ``pl_module``.
@@ -324,7 +326,7 @@ class LayerFreezer(StateKeyOnce):
             >>> LayerFreezer("hidden[12]").initially_frozen(net)
             ['hidden1', 'hidden2']
         """
-        return sorted(outermost(self._initial_frozen(pl_module)))
+        return sorted(self._initial_frozen(pl_module))
 
     def dry_run(self, pl_module: nn.Module) -> list[PlannedStep]:
         """Resolve the whole schedule against ``pl_module`` without changing it, and check it.

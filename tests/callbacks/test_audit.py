@@ -213,7 +213,8 @@ def test_argument_errors() -> None:
 def test_an_audit_before_training_shows_the_network_as_the_freezer_will_start_the_fit() -> None:
     model = DNNClassifier(MLP(64, (100, 100, 50), 10, norm="batch"))
     freezer = LayerFreezer("hidden[12]", unfreeze={3: "hidden2"})
-    assert freezer.initially_frozen(model) == ["net.hidden1", "net.hidden2"]
+    subtrees = {n for n, _ in model.named_modules() if n.startswith(("net.hidden1", "net.hidden2"))}
+    assert set(freezer.initially_frozen(model)) == subtrees
     audit = freeze_audit(model, freezer=freezer)
     frozen = numel(model.net.hidden1, True) + numel(model.net.hidden2, True)
     assert audit.frozen == frozen
@@ -224,3 +225,30 @@ def test_an_audit_before_training_shows_the_network_as_the_freezer_will_start_th
     assert any("unfreezes net.hidden2" in s for s in audit.schedule)
     # the user's model is untouched: the preview froze a copy
     assert all(p.requires_grad for p in model.parameters()) and model.net.hidden1.bn.training
+
+
+class TokenNet(nn.Module):
+    """Holds a tensor itself next to its blocks (timm ViT's cls_token), batch norm in the body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(6))
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x + self.token))
+
+
+def test_a_preview_of_freeze_all_but_head_keeps_the_head_trainable_when_the_root_holds_tensors() -> None:
+    net = TokenNet()
+    freezer = LayerFreezer.freeze_all_but_head("head")
+    assert freezer.initially_frozen(net) == ["", "body", "body.0", "body.1"]
+    audit = freeze_audit(net, freezer=freezer)
+    rows = {r.name: (r.trainable, r.frozen) for r in audit.rows}
+    assert rows["head"] == (numel(net.head, True), 0)
+    assert rows["body"] == (0, numel(net.body, True))
+    assert audit.frozen == numel(net.body, True) + net.token.numel()
+    assert [(n.name, n.training, n.kept_eval) for n in audit.norms] == [("body.1", False, True)]
+    assert not any("body.1" in p for p in audit.problems)  # kept in eval by the freezer: not flagged
+    assert all(p.requires_grad for p in net.parameters())  # the preview froze a copy
