@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,9 +44,9 @@ def check_optimizer(
     return lr, kwargs, factory, spec
 
 
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """A generator seeded by ``(seed, step, rank)``: the noise of a step is the same in a resumed run."""
-    low, high = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+def step_generator(numbers: Sequence[int], device: torch.device) -> torch.Generator:
+    """A generator seeded by ``numbers`` (``(seed, step, rank, ...)``): the same noise in a resumed run."""
+    low, high = np.random.SeedSequence(list(numbers)).generate_state(2, dtype=np.uint32)
     generator = torch.Generator(device=device)
     generator.manual_seed(((int(high) << 32) | int(low)) & ((1 << 63) - 1))
     return generator

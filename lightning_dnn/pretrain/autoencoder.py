@@ -51,8 +51,9 @@ class Autoencoder(LightningModule):
       the decoder only adds biases), halving the parameters, as in Géron's tied-weights autoencoder.
     * ``noise``: a denoising autoencoder (Vincent et al., 2008) reconstructs the clean input from a corrupted one:
       ``"gaussian"`` adds ``N(0, noise_std^2)``, ``"mask"`` zeroes each value with probability ``mask_prob``.
-      Training only; the noise of a step is drawn from ``(noise_seed, global_step, rank)``, so a resumed run
-      draws the same noise as an uninterrupted one.
+      Training only; the noise of a batch is drawn from ``(noise_seed, global_step, rank)`` (and its index
+      ``k > 0`` within an optimizer step under ``accumulate_grad_batches``), so a resumed run draws the same
+      noise as an uninterrupted one and the micro-batches of one step draw different noise.
     * ``loss``: ``"mse"`` on the outputs, or ``"bce"``: binary cross-entropy on the logits of the outputs
       (the reconstruction is their sigmoid), for inputs in ``[0, 1]`` (checked on every batch: an input outside
       raises ``ValueError``; use the data module's ``scaling="unit"``).
@@ -241,7 +242,7 @@ class Autoencoder(LightningModule):
         x = self._checked_inputs(batch)
         phase = self.phase
         if phase is None:
-            out = self.decoder(self.encode(self._corrupt(x)))
+            out = self.decoder(self.encode(self._corrupt(x, batch_idx)))
             loss = self._loss(out, x, self.loss_name)
         else:
             if phase == 1:
@@ -251,7 +252,7 @@ class Autoencoder(LightningModule):
                     target = x
                     for block in self.blocks[: phase - 1]:
                         target = block(target)
-            inputs = self._corrupt(target)
+            inputs = self._corrupt(target, batch_idx)
             dropout = getattr(self.encoder, "input_dropout", None)
             if phase == 1 and isinstance(dropout, nn.Module):
                 inputs = dropout(inputs)
@@ -344,12 +345,16 @@ class Autoencoder(LightningModule):
                 )
         return x
 
-    def _corrupt(self, x: Tensor) -> Tensor:
+    def _corrupt(self, x: Tensor, batch_idx: int) -> Tensor:
         if self.noise == "none":
             return x
         trainer = self._trainer
         rank = int(trainer.global_rank) if trainer is not None else 0
-        generator = step_generator(self.noise_seed, int(self.global_step), rank, x.device)
+        accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
+        # the micro-batches of one accumulated optimizer step share global_step: number them apart
+        micro = batch_idx % accumulate
+        numbers = (self.noise_seed, int(self.global_step), rank) + ((micro,) if micro else ())
+        generator = step_generator(numbers, x.device)
         if self.noise == "gaussian":
             return x + self.noise_std * torch.randn(
                 x.shape, generator=generator, device=x.device, dtype=x.dtype

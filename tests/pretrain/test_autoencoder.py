@@ -289,3 +289,30 @@ def test_layerwise_under_ddp_needs_find_unused_parameters() -> None:
     )
     ae.setup("fit")
     Autoencoder(_net()).setup("fit")  # the whole stack uses every parameter it trains
+
+
+class NoiseRecorder(Autoencoder):
+    """Records the noise (corrupted minus clean input) of every training batch."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.noises: list[torch.Tensor] = []
+
+    def _corrupt(self, x: torch.Tensor, *args: int) -> torch.Tensor:
+        out = super()._corrupt(x, *args)
+        self.noises.append((out - x).detach().clone())
+        return out
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_every_batch_draws_its_own_noise_also_within_an_accumulated_step(tmp_path: Path, accumulate: int) -> None:
+    ae = NoiseRecorder(_net(), noise="gaussian", noise_std=0.5)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0,
+                            accumulate_grad_batches=accumulate)
+    trainer.fit(ae, datamodule=_digits())
+    assert len(ae.noises) == 4 and trainer.global_step == 4 // accumulate
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.allclose(ae.noises[i], ae.noises[j], atol=1e-4), (i, j)  # float rounding of x
+    spread = torch.cat([n.flatten() for n in ae.noises]).std().item()
+    assert spread == pytest.approx(0.5, rel=0.05)
