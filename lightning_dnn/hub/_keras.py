@@ -252,7 +252,8 @@ def _map_variables(
         return
     size = config.get("units", config.get("filters"))
     kernel = group[keys[0]]
-    if isinstance(size, int) and expected[0] == "kernel" and kernel.shape and kernel.shape[-1] != size:
+    axis = -2 if kind.endswith("Transpose") else -1  # a transposed conv's kernel is [*k, filters, in]
+    if isinstance(size, int) and expected[0] == "kernel" and len(kernel.shape) > 1 and kernel.shape[axis] != size:
         raise ValueError(
             f"{source}: the Keras config does not match the weights: layer {full!r} ({kind}) has {size} "
             f"units/filters in the config but its stored kernel {path}/{keys[0]} has shape {kernel.shape}"

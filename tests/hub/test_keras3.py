@@ -233,3 +233,21 @@ def test_keras_archive_needs_h5py(saved: dict[str, Any], monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ImportError, match=r"m\.keras.*pip install h5py"):
         read_foreign_arrays(saved["keras"])
+
+
+def test_a_transposed_convolution_with_other_input_channels_is_named_not_refused(tmp_path: Path) -> None:
+    # a Conv2DTranspose kernel is [kh, kw, filters, in]: 5 filters from 3 channels
+    model = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Conv2DTranspose(5, 2, name="up"), keras.layers.Conv2D(2, 1, name="mix")]
+    )
+    model.save(tmp_path / "up.keras")
+    model.save_weights(tmp_path / "up.weights.h5")
+    want = dict(keras_weights(model))
+    for arrays in (
+        read_foreign_arrays(tmp_path / "up.keras"),
+        read_foreign_arrays(tmp_path / "up.weights.h5", config=tmp_path / "up.keras"),
+    ):
+        assert sorted(arrays) == sorted(want)
+        for name, value in want.items():
+            assert np.array_equal(arrays[name], value), name
+    assert want["up/kernel"].shape == (2, 2, 5, 3)
