@@ -499,14 +499,10 @@ class CacheSession:
         return Built(plan, store, model_fp, data_fp)
 
     def _build(self, key: str, data: Data, plan: TrunkPlan | None, views: int) -> CacheEntry | None:
-        first_build = not self._entries and not self._checked
         try:
             built = build_features(self, key, data, plan, views)
         except CutRejected as err:
-            if first_build:
-                raise ValueError(str(err)) from err.__cause__
-            self._rejected.add(err.plan)
-            self._warn_once("cut", f"{err} Training live instead.")
+            self._refuse(err.plan, str(err), err.__cause__)
             return None
         if built is None:
             return None
