@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_dnn.callbacks.feature_cache._store import FeatureStore, tensor_digest
 from lightning_dnn.loading import DeviceBatchLoader, TransformDataset
+from lightning_dnn.loading.sampler import resume_position
 
 __all__ = [
     "BatchKind",
@@ -310,10 +311,7 @@ class DeviceOrder:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`: the next pass serves the rest of the saved epoch."""
-        epoch = int(state_dict.get("epoch", 0))
-        served = int(state_dict.get("batches_served", 0))
-        if served >= len(self.loader):
-            epoch, served = epoch + 1, 0
+        epoch, served = resume_position(state_dict, len(self.loader))
         self._iter_epoch, self._served = None, 0
         self._resume = (epoch, served) if served > 0 else None
 
