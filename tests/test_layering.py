@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "_lightning": 0,
     "_registry": 0,
     "_selection": 0,
+    "_state_key": 0,
     "_version": 0,
     "nn": 1,
     "optim": 1,

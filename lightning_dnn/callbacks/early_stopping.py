@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice
 from lightning_dnn._lightning import api, combined_callback_base, rank_zero_info, rank_zero_warn
-from lightning_dnn.callbacks._state_key import StateKeyOnce
+from lightning_dnn._state_key import StateKeyOnce
 
 __all__ = ["EarlyStopping"]
 

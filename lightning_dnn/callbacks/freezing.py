@@ -18,6 +18,7 @@ from typing_extensions import override
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
 from lightning_dnn._lightning import is_strategy, rank_zero_info, rank_zero_warn
 from lightning_dnn._selection import Patterns, compile_patterns, select_modules, shorten
+from lightning_dnn._state_key import StateKeyOnce
 from lightning_dnn.callbacks._configure_model import AfterConfigureModel, after_configure_model
 from lightning_dnn.callbacks._ddp_sync import UnsyncedGradients
 from lightning_dnn.callbacks._freeze_groups import (
@@ -59,7 +60,6 @@ from lightning_dnn.callbacks._frozen_set import (
 )
 from lightning_dnn.callbacks._param_groups import restart_scheduler
 from lightning_dnn.callbacks._phases import MetricPhases, metric_phases
-from lightning_dnn.callbacks._state_key import StateKeyOnce
 from lightning_dnn.callbacks._user_groups import Bucket
 
 if TYPE_CHECKING:

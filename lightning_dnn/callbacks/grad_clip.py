@@ -14,7 +14,7 @@ from typing_extensions import override
 from lightning_dnn._checks import check_bool, check_number
 from lightning_dnn._lightning import rank_zero_warn
 from lightning_dnn._selection import Patterns, compile_patterns, select_parameters
-from lightning_dnn.callbacks._state_key import StateKeyOnce
+from lightning_dnn._state_key import StateKeyOnce
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl

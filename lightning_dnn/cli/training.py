@@ -22,7 +22,7 @@ import yaml
 from typing_extensions import override
 
 from lightning_dnn._lightning import api
-from lightning_dnn.callbacks._state_key import StateKeyOnce
+from lightning_dnn._state_key import StateKeyOnce
 from lightning_dnn.callbacks.learning_curves import LearningCurves
 from lightning_dnn.module import DNNClassifier
 from lightning_dnn.profiler import NoOpProfiler

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from lightning_dnn._lightning import Callback, is_strategy, rank_zero_info
+from lightning_dnn._lightning import is_strategy, rank_zero_info
 from lightning_dnn._selection import Patterns
+from lightning_dnn._state_key import StateKeyOnce
 from lightning_dnn.hub._names import REPO_ID
 from lightning_dnn.hub._plan import LoadReport, check_options
 from lightning_dnn.hub.load import HF_PREFIX, ZOO_PREFIX, load_pretrained, resolve_source
@@ -24,7 +25,7 @@ _SUPPORTED_STRATEGIES = ("SingleDeviceStrategy", "DDPStrategy")
 _UNSUPPORTED_STRATEGIES = ("DeepSpeedStrategy",)  # a DDPStrategy subclass that shards
 
 
-class PretrainedLayers(Callback):
+class PretrainedLayers(StateKeyOnce):
     r"""Load the selected tensors of a pretrained network into the LightningModule at the start of a fresh fit.
 
     The chapter's layer reuse as a callback, so that a LightningCLI config can say it: the tensors that
@@ -116,10 +117,10 @@ class PretrainedLayers(Callback):
         self.report: LoadReport | None = None
         self._loaded: list[str] = []  # the names loaded by the fit this one continues (from checkpoints)
 
-    @property
-    def state_key(self) -> str:
+    @override
+    def state_key_fields(self) -> dict[str, Any]:
         """Distinguishes instances loading different selections from different sources in one checkpoint."""
-        return self._generate_state_key(source=str(self.source), include=self.include, exclude=self.exclude)
+        return {"source": str(self.source), "include": self.include, "exclude": self.exclude}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int
 from lightning_dnn._selection import compile_patterns
-from lightning_dnn.callbacks._state_key import StateKeyOnce
+from lightning_dnn._state_key import StateKeyOnce
 from lightning_dnn.callbacks.feature_cache._lightning import (
     SourceSwap,
     TrainerRuntime,
