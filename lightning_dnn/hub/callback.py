@@ -11,10 +11,15 @@ from typing_extensions import override
 from lightning_dnn._lightning import is_strategy, rank_zero_info
 from lightning_dnn._selection import Patterns
 from lightning_dnn._state_key import StateKeyOnce
-from lightning_dnn.hub._names import REPO_ID
 from lightning_dnn.hub._plan import LoadReport, check_options
-from lightning_dnn.hub.load import HF_PREFIX, ZOO_PREFIX, load_pretrained, resolve_source
-from lightning_dnn.hub.zoo import resolve_zoo
+from lightning_dnn.hub.load import (
+    HF_PREFIX,
+    ZOO_PREFIX,
+    _parse_hf,
+    _zoo_entry,
+    load_pretrained,
+    resolve_source,
+)
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -174,11 +179,9 @@ def _check_source(source: object, revision: str | None) -> None:
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise TypeError(f"`revision` must be a non-empty string or None, got {revision!r}")
     if isinstance(source, str) and source.startswith(ZOO_PREFIX):
-        resolve_zoo(source[len(ZOO_PREFIX) :])
+        _zoo_entry(source, revision)  # the name is in the index, `revision` is its pinned one
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
-        repo_id = source[len(HF_PREFIX) :].partition("@")[0]
-        if not REPO_ID.fullmatch(repo_id):
-            raise ValueError(f"`source`={source!r}: expected 'hf://org/name' or 'hf://org/name@revision'")
+        _parse_hf(source, revision)  # a well-formed id, a revision in the source and in `revision` agree
     elif isinstance(source, str | os.PathLike):
         resolve_source(source, revision=revision)  # a local folder or file: existence and weights, no network
     else:

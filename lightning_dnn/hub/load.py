@@ -329,6 +329,21 @@ def _parse_hf(source: str, revision: str | None) -> tuple[str, str | None]:
     return repo_id, in_source or revision
 
 
+def _zoo_entry(
+    source: str, revision: str | None
+) -> tuple[str, tuple[str, str, dict[str, str], Path | None]]:
+    """``(name, resolve_zoo(name))`` of a ``zoo:name`` source; a ``revision`` other than the pinned one is refused."""
+    name = source[len(ZOO_PREFIX) :]
+    entry = resolve_zoo(name)
+    repo_id, pinned = entry[0], entry[1]
+    if revision is not None and revision != pinned:
+        raise ValueError(
+            f"`revision`={revision!r} cannot override zoo entry {name!r}, which is pinned to {pinned}; "
+            f"load 'hf://{repo_id}@{revision}' to get another revision (without the zoo's hash check)"
+        )
+    return name, entry
+
+
 def _resolve_zoo_source(
     source: str,
     revision: str | None,
@@ -338,13 +353,7 @@ def _resolve_zoo_source(
     cache_dir: str | os.PathLike[str] | None,
     local_files_only: bool,
 ) -> tuple[Path, str]:
-    name = source[len(ZOO_PREFIX) :]
-    repo_id, pinned, hashes, local = resolve_zoo(name)
-    if revision is not None and revision != pinned:
-        raise ValueError(
-            f"`revision`={revision!r} cannot override zoo entry {name!r}, which is pinned to {pinned}; "
-            f"load 'hf://{repo_id}@{revision}' to get another revision (without the zoo's hash check)"
-        )
+    name, (repo_id, pinned, hashes, local) = _zoo_entry(source, revision)
     stale = _stale_files(local, hashes) if local is not None else {}
     if local is not None and not stale:
         return local, f"zoo:{name} (local folder {str(local)!r})"

@@ -139,6 +139,12 @@ def test_bad_sources_are_refused_when_the_callback_is_built(tmp_path):
         PretrainedLayers("hf://not-a-repo-id")
     with pytest.raises(TypeError, match="`source` must be"):
         PretrainedLayers(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty revision"):
+        PretrainedLayers("hf://org/name@")
+    with pytest.raises(ValueError, match="names revision 'v1' but `revision`='v2'"):
+        PretrainedLayers("hf://org/name@v1", revision="v2")
+    with pytest.raises(ValueError, match="cannot override zoo entry"):
+        PretrainedLayers("zoo:fashion-5x100-elu-classes0-4", revision="main")
     _, folder = _source(tmp_path)
     with pytest.raises(ValueError, match="`revision`"):
         PretrainedLayers(folder, revision="main")
