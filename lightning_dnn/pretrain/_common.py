@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lightning_dnn._checks import check_number
 from lightning_dnn._specs import NetSpec, OptimizerFactory, resolve_net, resolve_optimizer
+from lightning_dnn.loading.sampler import sequence_seed
 
 __all__ = [
     "batch_inputs",
@@ -46,9 +46,8 @@ def check_optimizer(
 
 def step_generator(numbers: Sequence[int], device: torch.device) -> torch.Generator:
     """A generator seeded by ``numbers`` (``(seed, step, rank, ...)``): the same noise in a resumed run."""
-    low, high = np.random.SeedSequence(list(numbers)).generate_state(2, dtype=np.uint32)
     generator = torch.Generator(device=device)
-    generator.manual_seed(((int(high) << 32) | int(low)) & ((1 << 63) - 1))
+    generator.manual_seed(sequence_seed(*numbers))
     return generator
 
 

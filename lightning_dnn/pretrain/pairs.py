@@ -6,7 +6,6 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -14,7 +13,7 @@ from typing_extensions import override
 from lightning_dnn._checks import check_int, check_number
 from lightning_dnn._lightning import LightningDataModule, is_data_module
 from lightning_dnn.loading import EpochSampler
-from lightning_dnn.loading.sampler import resume_position
+from lightning_dnn.loading.sampler import resume_position, sequence_seed
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -108,8 +107,7 @@ def sample_pairs(
 
 
 def _generator(seed: int, stream: int, epoch: int) -> torch.Generator:
-    low, high = np.random.SeedSequence([seed, stream, epoch]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(((int(high) << 32) | int(low)) & ((1 << 63) - 1))
+    return torch.Generator().manual_seed(sequence_seed(seed, stream, epoch))
 
 
 class _PairLoader:
