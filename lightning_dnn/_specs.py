@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_dnn._checks import check_choice, check_int
+from lightning_dnn._checks import check_choice, check_int, check_number
 from lightning_dnn.optim import SCHEDULE_INTERVAL, build_optimizer, build_schedule
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "network_spec",
     "resolve_net",
     "resolve_optimizer",
+    "resolve_optimizer_args",
     "resolve_schedule",
 ]
 
@@ -287,6 +288,36 @@ def resolve_net(net: Any) -> tuple[nn.Module, NetSpec | None]:
 # ------------------------------------------------------------------------------------------------- optimizers
 def _dummy_params() -> list[nn.Parameter]:
     return [nn.Parameter(torch.zeros(1))]
+
+
+def resolve_optimizer_args(
+    optimizer: Any, lr: float, optimizer_kwargs: Mapping[str, Any] | None
+) -> tuple[float, dict[str, Any], OptimizerFactory | None, str | dict[str, Any] | None]:
+    """Check a module's ``lr``/``optimizer_kwargs`` arguments and resolve ``optimizer`` (:func:`resolve_optimizer`).
+
+    Returns:
+        ``(lr, optimizer_kwargs as a new dict, factory, JSON-able description)``.
+
+    Raises:
+        ValueError: ``lr`` is not > 0, or ``optimizer_kwargs`` holds ``"lr"``.
+        TypeError: ``optimizer_kwargs`` is not a mapping.
+
+    Example:
+        >>> lr, kwargs, factory, spec = resolve_optimizer_args("momentum", 0.1, None)
+        >>> lr, kwargs, spec
+        (0.1, {}, 'momentum')
+    """
+    lr = check_number("lr", lr, low=0.0, low_inclusive=False)
+    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
+        raise TypeError(
+            f"`optimizer_kwargs` must be a mapping of keyword arguments or None, "
+            f"got {type(optimizer_kwargs).__name__} {optimizer_kwargs!r}"
+        )
+    kwargs = dict(optimizer_kwargs or {})
+    if "lr" in kwargs:
+        raise ValueError("`optimizer_kwargs` must not hold 'lr'; pass the learning rate as `lr=`")
+    factory, spec = resolve_optimizer(optimizer, lr, kwargs)
+    return lr, kwargs, factory, spec
 
 
 def resolve_optimizer(

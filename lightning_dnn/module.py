@@ -14,7 +14,6 @@ network is passed again: ``DNNClassifier.load_from_checkpoint(path, net=MyNet())
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -24,7 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_dnn._checks import check_choice, check_int, check_number
+from lightning_dnn._checks import check_choice, check_int
 from lightning_dnn._classifier import (
     EpochSums,
     check_labels,
@@ -35,7 +34,7 @@ from lightning_dnn._classifier import (
 )
 from lightning_dnn._lightning import LightningModule, api, rank_zero_info, rank_zero_warn
 from lightning_dnn._selection import compile_patterns
-from lightning_dnn._specs import NetSpec, resolve_net, resolve_optimizer, resolve_schedule
+from lightning_dnn._specs import NetSpec, resolve_net, resolve_optimizer_args, resolve_schedule
 from lightning_dnn.regularization import WeightPenalty
 
 __all__ = ["DNNClassifier"]
@@ -143,17 +142,8 @@ class DNNClassifier(LightningModule):
         module, net_spec = resolve_net(net)
         self.net = module
         self.num_classes = _resolve_num_classes(module, num_classes)
-        self.lr = check_number("lr", lr, low=0.0, low_inclusive=False)
-        if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
-            raise TypeError(
-                f"`optimizer_kwargs` must be a mapping of keyword arguments or None, "
-                f"got {type(optimizer_kwargs).__name__} {optimizer_kwargs!r}"
-            )
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        if "lr" in self.optimizer_kwargs:
-            raise ValueError("`optimizer_kwargs` must not hold 'lr'; pass the learning rate as `lr=`")
-        self._optimizer_factory, optimizer_spec = resolve_optimizer(
-            optimizer, self.lr, self.optimizer_kwargs
+        self.lr, self.optimizer_kwargs, self._optimizer_factory, optimizer_spec = resolve_optimizer_args(
+            optimizer, lr, optimizer_kwargs
         )
         self._schedule, schedule_spec = resolve_schedule(lr_schedule)
         if penalty_pattern is not None:

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_dnn._checks import check_number
-from lightning_dnn._specs import NetSpec, OptimizerFactory, resolve_net, resolve_optimizer
+from lightning_dnn._specs import NetSpec, resolve_net
 from lightning_dnn.loading.sampler import sequence_seed
 
 __all__ = [
     "batch_inputs",
-    "check_optimizer",
     "ddp_finds_unused",
     "resolve_encoder",
     "step_generator",
     "touch",
     "unused_head",
 ]
-
-
-def check_optimizer(
-    optimizer: Any, lr: float, optimizer_kwargs: Mapping[str, Any] | None
-) -> tuple[float, dict[str, Any], OptimizerFactory | None, Any]:
-    """Check ``lr``/``optimizer_kwargs`` and resolve ``optimizer`` as DNNClassifier does.
-
-    Returns:
-        ``(lr, optimizer_kwargs, factory, JSON-able description)``.
-    """
-    lr = check_number("lr", lr, low=0.0, low_inclusive=False)
-    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, Mapping):
-        raise TypeError(
-            f"`optimizer_kwargs` must be a mapping of keyword arguments or None, "
-            f"got {type(optimizer_kwargs).__name__} {optimizer_kwargs!r}"
-        )
-    kwargs = dict(optimizer_kwargs or {})
-    if "lr" in kwargs:
-        raise ValueError("`optimizer_kwargs` must not hold 'lr'; pass the learning rate as `lr=`")
-    factory, spec = resolve_optimizer(optimizer, lr, kwargs)
-    return lr, kwargs, factory, spec
 
 
 def step_generator(numbers: Sequence[int], device: torch.device) -> torch.Generator:

@@ -13,10 +13,9 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_bool, check_choice, check_int, check_number
 from lightning_dnn._lightning import LightningModule, rank_zero_warn
-from lightning_dnn._specs import NetSpec
+from lightning_dnn._specs import NetSpec, resolve_optimizer_args
 from lightning_dnn.pretrain._common import (
     batch_inputs,
-    check_optimizer,
     ddp_finds_unused,
     resolve_encoder,
     step_generator,
@@ -138,7 +137,7 @@ class Autoencoder(LightningModule):
         self.epochs_per_layer = check_int("epochs_per_layer", epochs_per_layer, low=1)
         self.noise_seed = check_int("noise_seed", noise_seed, low=0)
         self.grid_samples = check_int("grid_samples", grid_samples, low=0)
-        self.lr, self.optimizer_kwargs, self._optimizer_factory, optimizer_spec = check_optimizer(
+        self.lr, self.optimizer_kwargs, self._optimizer_factory, optimizer_spec = resolve_optimizer_args(
             optimizer, lr, optimizer_kwargs
         )
         self.decoder = MirrorDecoder(self.blocks, tied=self.tied)

@@ -12,8 +12,8 @@ from typing_extensions import override
 
 from lightning_dnn._checks import check_choice, check_int
 from lightning_dnn._lightning import LightningModule
-from lightning_dnn._specs import NetSpec
-from lightning_dnn.pretrain._common import check_optimizer, resolve_encoder, touch, unused_head
+from lightning_dnn._specs import NetSpec, resolve_optimizer_args
+from lightning_dnn.pretrain._common import resolve_encoder, touch, unused_head
 
 __all__ = ["SiamesePretrainer"]
 
@@ -79,7 +79,7 @@ class SiamesePretrainer(LightningModule):
         self.combine = check_choice("combine", combine, _COMBINES)
         self.head_hidden = check_int("head_hidden", head_hidden, low=0)
         self.feature_dim = _feature_dim(module, feature_dim)
-        self.lr, self.optimizer_kwargs, self._optimizer_factory, optimizer_spec = check_optimizer(
+        self.lr, self.optimizer_kwargs, self._optimizer_factory, optimizer_spec = resolve_optimizer_args(
             optimizer, lr, optimizer_kwargs
         )
         width = self.feature_dim * (2 if self.combine == "concat" else 1)
