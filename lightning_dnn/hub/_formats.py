@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lightning_dnn.hub._io import CARD_NAME, CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME, read_json
 from lightning_dnn.hub._layouts import timm_layout
 
@@ -97,19 +99,14 @@ def card_tags(folder: Path | None) -> list[str]:
     match = _FRONT_MATTER.match(text)
     if match is None:
         return []
-    tags: list[str] = []
-    inside = False
-    for line in match.group(1).splitlines():
-        if re.match(r"^tags\s*:", line):
-            inline = line.split(":", 1)[1].strip()
-            if inline.startswith("["):
-                tags.extend(t.strip().strip("'\"") for t in inline.strip("[]").split(",") if t.strip())
-            inside = not inline
-        elif inside and re.match(r"^\s*-\s*", line):
-            tags.append(re.sub(r"^\s*-\s*", "", line).strip().strip("'\""))
-        elif inside and line.strip():
-            inside = False
-    return tags
+    try:  # the same YAML reader as huggingface_hub's metadata_load, on the size-capped front matter
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return []
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    if isinstance(tags, str):
+        return [tags]
+    return [str(t) for t in tags] if isinstance(tags, list) else []
 
 
 def detect_format(document: Mapping[str, Any] | None, folder: Path | None) -> FolderFormat:

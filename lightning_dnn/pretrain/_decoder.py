@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MirrorDecoder", "TiedLinear", "encoder_blocks", "encoder_input", "frozen"]
+__all__ = ["MirrorDecoder", "TiedLinear", "encoder_blocks", "frozen"]
 
 _HIDDEN = re.compile(r"hidden([1-9][0-9]*)")
 
@@ -56,11 +56,6 @@ def encoder_blocks(encoder: nn.Module) -> list[nn.Sequential]:
                 f"{_linear(blocks[i - 1]).out_features}"
             )
     return blocks  # type: ignore[return-value]
-
-
-def encoder_input(encoder: nn.Module) -> int:
-    """The number of input features of ``encoder`` (its ``hidden1`` linear layer's ``in_features``)."""
-    return _linear(encoder_blocks(encoder)[0]).in_features
 
 
 def _linear(block: nn.Module) -> nn.Linear:
